@@ -1,0 +1,101 @@
+"""Horovod or a single process behind one small interface.
+
+Everything that must agree across workers (gradients, AdaCos scale, class centres, mined
+triplets) goes through these functions; without ``horovodrun`` they are the identity, so the same
+code runs single-process. ``init()`` picks Horovod when it is importable and the process was
+started by ``horovodrun`` (or when ``force=True``).
+"""
+import os
+
+import mxnet as mx
+
+_hvd = None
+
+
+def launched_by_horovodrun():
+    return "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ
+
+
+def init(force=False):
+    """Initialise Horovod when running under horovodrun; returns True when distributed."""
+    global _hvd
+    if _hvd is not None:
+        return True
+    if not (force or launched_by_horovodrun()):
+        return False
+    import horovod.mxnet as hvd
+    hvd.init()
+    _hvd = hvd
+    return True
+
+
+def is_distributed():
+    return _hvd is not None
+
+
+def horovod():
+    """The ``horovod.mxnet`` module, or None when single-process."""
+    return _hvd
+
+
+def rank():
+    return _hvd.rank() if _hvd else 0
+
+
+def size():
+    return _hvd.size() if _hvd else 1
+
+
+def local_rank():
+    return _hvd.local_rank() if _hvd else 0
+
+
+def allreduce_sum(array, name=None):
+    """Sum of ``array`` (NDArray) over all workers."""
+    if _hvd is None or _hvd.size() == 1:
+        return array
+    return _hvd.allreduce(array, average=False, name=name)
+
+
+def allreduce_mean(array, name=None):
+    if _hvd is None or _hvd.size() == 1:
+        return array
+    return _hvd.allreduce(array, average=True, name=name)
+
+
+def allgather(array, name=None):
+    """Concatenation along axis 0 of every worker's ``array`` in rank order."""
+    if _hvd is None or _hvd.size() == 1:
+        return array
+    return _hvd.allgather(array, name=name)
+
+
+def broadcast(array, root_rank=0, name=None):
+    if _hvd is None or _hvd.size() == 1:
+        return array
+    return _hvd.broadcast(array, root_rank=root_rank, name=name)
+
+
+def broadcast_parameters(params, root_rank=0):
+    """Make every worker hold rank ``root_rank``'s values of a ParameterDict."""
+    if _hvd is not None and _hvd.size() > 1:
+        _hvd.broadcast_parameters(params, root_rank=root_rank)
+
+
+def broadcast_object(obj, root_rank=0, name=None):
+    if _hvd is None or _hvd.size() == 1:
+        return obj
+    return _hvd.broadcast_object(obj, root_rank=root_rank, name=name)
+
+
+def barrier():
+    if _hvd is not None and _hvd.size() > 1:
+        _hvd.allreduce(mx.nd.zeros((1,)), name="barrier")
+
+
+def make_trainer(params, optimizer, optimizer_params):
+    """``hvd.DistributedTrainer`` when distributed (gradients averaged over the global batch),
+    else ``gluon.Trainer``; both are stepped with the local batch size."""
+    if _hvd is not None:
+        return _hvd.DistributedTrainer(params, optimizer, optimizer_params)
+    return mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)
