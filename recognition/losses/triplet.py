@@ -1,0 +1,138 @@
+"""Triplet loss with MassFace mining (Li, 2019): L = max(0, M(a, p) + alpha - M(a, n)).
+
+M is the squared Euclidean distance between L2-normalised embeddings. ``TripletLoss.head`` mines
+triplets with ``recognition.losses.mining`` (NumPy, indices only, no gradient) and then runs the
+gather + loss in the hybridized ``TripletGatherLoss`` so that every embedding a selected triplet
+uses (anchor, positive and negative) receives its gradient.
+
+Mining pools (``pool=``):
+
+* ``online``       -- the current (local) batch;
+* ``cross_worker`` -- under Horovod the embeddings and labels of all workers are gathered and mined
+  together, so selection sees P x workers identities and equals single-process mining on the
+  concatenated batch. The gathered copy is a constant: each worker computes the loss of *all*
+  selected triplets (the returned values are identical on every worker) but its gradient flows
+  only into its own rows, so the sum over workers of the gradients equals the single-process
+  gradient of the concatenated batch. ``hvd.DistributedTrainer`` averages (sum / workers), so a
+  step with the local batch size reproduces a single-process step with the global batch size,
+  just as for the per-sample heads. ``batch_random`` needs the same ``seed`` on every worker
+  (the default);
+* ``semi_online``  -- ``self.semi_online_pool`` (a ``mining.SemiOnlinePool``) collects
+  ``pool_batches`` batches forwarded without gradient; ``select_pool()`` mines them and returns
+  chunks whose images the trainer forwards again and passes to ``head`` with ``triplets=``.
+
+``head`` returns the per-triplet loss, shape (T,), recorded by autograd, so ``loss.mean()`` is the
+paper's loss (mean over the selected triplets); when no triplet is valid it returns a (1,) zero
+that still back-propagates (zero gradients, no NaN). ``last_num_triplets`` and ``last_triplets``
+(indices in the mined batch: the gathered global batch for ``cross_worker``) are kept for logging.
+"""
+import numpy as np
+
+import mxnet as mx
+from mxnet import gluon
+
+from recognition.engine import distributed
+from recognition.losses.mining import STRATEGIES, SemiOnlinePool, select_triplets, squared_distances
+
+POOLS = ("online", "semi_online", "cross_worker")
+
+
+class TripletGatherLoss(gluon.HybridBlock):
+    """Per-triplet hinge loss over the rows ``anchors``/``positives``/``negatives`` of
+    ``embeddings`` (normalised here, so raw embeddings may be passed)."""
+
+    def __init__(self, margin=0.2, eps=1e-10, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = float(margin)
+        self.eps = float(eps)
+
+    def hybrid_forward(self, F, embeddings, anchors, positives, negatives):
+        unit = F.L2Normalization(embeddings, mode="instance", eps=self.eps)
+        anchor = F.take(unit, anchors)
+        d_pos = F.sum(F.square(anchor - F.take(unit, positives)), axis=1)
+        d_neg = F.sum(F.square(anchor - F.take(unit, negatives)), axis=1)
+        return F.relu(d_pos + self.margin - d_neg)
+
+
+class TripletLoss(gluon.Block):
+    """Triplet loss head; ``loss_fn(embeddings, labels)`` is ``loss_fn.head(embeddings, labels)``.
+
+    ``num_classes``/``embedding_size`` are accepted (the ``get_loss`` registry passes them to
+    every head) and ignored: the triplet loss has no classifier and no parameters.
+    """
+
+    def __init__(self, margin=0.2, strategy="batch_hardest", pool="online", pool_batches=10, seed=0,
+                 num_classes=None, embedding_size=None, prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        if strategy not in STRATEGIES:
+            raise ValueError("triplet strategy %r is unknown; choose one of %s" % (strategy, ", ".join(STRATEGIES)))
+        if pool not in POOLS:
+            raise ValueError("triplet pool %r is unknown; choose one of %s" % (pool, ", ".join(POOLS)))
+        if not float(margin) >= 0.0:
+            raise ValueError("triplet margin must be >= 0, got %r" % (margin,))
+        self.margin = float(margin)
+        self.strategy = strategy
+        self.pool = pool
+        self.rng = np.random.default_rng(seed)  # batch_random; identical on every worker
+        self.semi_online_pool = SemiOnlinePool(pool_batches) if pool == "semi_online" else None
+        self.last_num_triplets = 0
+        self.last_triplets = (np.zeros(0, np.int64),) * 3
+        with self.name_scope():
+            self.gather_loss = TripletGatherLoss(self.margin)
+
+    def forward(self, embeddings, labels, triplets=None):
+        return self.head(embeddings, labels, triplets)
+
+    def head(self, embeddings, labels, triplets=None):
+        """Per-triplet loss of ``embeddings`` (B, D) with identities ``labels`` (B,).
+
+        ``triplets``: explicit (anchors, positives, negatives) row indices, e.g. from a
+        ``SemiOnlinePool`` chunk; when omitted they are mined with ``self.strategy`` from the
+        current batch (``online``/``semi_online``) or from all workers' batches (``cross_worker``).
+        """
+        labels = (labels.asnumpy() if isinstance(labels, mx.nd.NDArray) else np.asarray(labels)).reshape(-1)
+        batch = embeddings.shape[0]
+        if len(labels) != batch:
+            raise ValueError("triplet loss: %d embeddings but %d labels" % (batch, len(labels)))
+        rows = embeddings
+        if triplets is not None:
+            anchors, positives, negatives = (np.asarray(t, dtype=np.int64).reshape(-1) for t in triplets)
+            if any(len(t) and (t.min() < 0 or t.max() >= batch) for t in (anchors, positives, negatives)):
+                raise ValueError("triplet loss: triplet indices outside the batch of %d" % batch)
+            mined = (anchors, positives, negatives)
+        elif self.pool == "cross_worker" and distributed.size() > 1:
+            mined, rows, (anchors, positives, negatives) = self._mine_across_workers(embeddings, labels)
+        else:
+            mined = select_triplets(squared_distances(embeddings), labels, self.strategy, self.margin, self.rng)
+            anchors, positives, negatives = mined
+        self.last_triplets = mined
+        self.last_num_triplets = len(anchors)
+        if len(anchors) == 0:
+            # nothing to learn from: a zero that is still part of the graph (zero gradients)
+            return (embeddings * 0).sum().reshape((1,))
+        ctx = embeddings.context
+        index = [mx.nd.array(t, ctx=ctx, dtype="int32") for t in (anchors, positives, negatives)]
+        return self.gather_loss(rows, *index)
+
+    def _mine_across_workers(self, embeddings, labels):
+        """Mine the concatenation of all workers' batches (in rank order). Returns the global
+        triplets, the rows to gather from -- ``concat(local live rows, gathered constant copy)`` --
+        and the triplets re-indexed into those rows (own samples -> live rows, others -> copy)."""
+        batch = embeddings.shape[0]
+        gathered = distributed.allgather(embeddings.detach(), name="triplet_embeddings")
+        all_labels = distributed.allgather(mx.nd.array(labels, dtype="int32"), name="triplet_labels")
+        sizes = distributed.allgather(mx.nd.array([batch], dtype="int32"), name="triplet_sizes").asnumpy()
+        offset = int(sizes[:distributed.rank()].sum())
+        mined = select_triplets(squared_distances(gathered), all_labels.asnumpy(), self.strategy, self.margin, self.rng)
+        remap = np.arange(gathered.shape[0], dtype=np.int64) + batch
+        remap[offset:offset + batch] = np.arange(batch)
+        rows = mx.nd.concat(embeddings, gathered.as_in_context(embeddings.context), dim=0)
+        return mined, rows, tuple(remap[t] for t in mined)
+
+    def select_pool(self, max_images=None):
+        """Semi-online: mine the full ``semi_online_pool`` with this head's strategy, margin and
+        rng; returns ``PoolChunk``s (equal in number on every Horovod worker)."""
+        if self.semi_online_pool is None:
+            raise ValueError("select_pool needs TripletLoss(pool='semi_online'), this one is %r" % self.pool)
+        return self.semi_online_pool.select(self.strategy, self.margin, rng=self.rng, max_images=max_images,
+                                            equalize_across_workers=distributed.size() > 1)
