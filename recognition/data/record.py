@@ -12,6 +12,7 @@ The writer puts everything under temporary names and renames only when complete,
 interrupted pack never leaves files that look valid.
 """
 import os
+import threading
 from collections import namedtuple
 
 import cv2
@@ -158,6 +159,7 @@ class RecordDataset:
         self.num_classes, self.height, self.width = read_property(self.prop_path)
         self._offsets = self._read_index()
         self._handle, self._pid = None, None
+        self._lock = threading.Lock()  # one file handle: seek + read must not interleave
         header0 = self._header(0)
         if header0.flag <= 0:
             raise RecordError(f"{self.rec_path}: record 0 has no identity range; not an insightface pack")
@@ -200,7 +202,8 @@ class RecordDataset:
         if index not in self._offsets:
             raise RecordError(f"{self.idx_path}: record {index} is not in the index")
         try:
-            data = self._open().read_idx(index)
+            with self._lock:
+                data = self._open().read_idx(index)
         except Exception as err:  # MXNetError on a bad magic number or length
             raise RecordError(f"{self.rec_path}: record {index} is corrupt ({str(err).splitlines()[0]})") from None
         if not data:
@@ -257,5 +260,9 @@ class RecordDataset:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handle"], state["_pid"] = None, None
+        state["_handle"], state["_pid"], state["_lock"] = None, None, None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

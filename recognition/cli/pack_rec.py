@@ -1,0 +1,44 @@
+"""Pack face images into insightface RecordIO: OUT/train.rec, OUT/train.idx, OUT/property."""
+import argparse
+import os
+import sys
+
+from recognition.data.pack import PackError, pack
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="pack_rec.py", description=__doc__,
+        epilog="SRC is a folder with one sub-folder of images per identity, or an insightface .lst "
+               "(aligned<TAB>path<TAB>label [4 bbox] [x1..x5 y1..y5]).")
+    parser.add_argument("src", help="image folder or .lst file")
+    parser.add_argument("out", help="output folder (created)")
+    parser.add_argument("--landmarks", help="five-point landmarks file: path<TAB>x1 y1 ... x5 y5 "
+                                            "(paths relative to SRC); images are aligned to 112x112")
+    parser.add_argument("--min-images", type=int, default=1, help="drop identities with fewer images (default 1)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel encoders (default: cores)")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95, as insightface)")
+    parser.add_argument("--image-size", type=int, default=112, help="crop size (default 112)")
+    parser.add_argument("--strict", action="store_true", help="fail on the first bad image or line instead of skipping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if not 1 <= args.quality <= 100:
+        sys.exit(f"pack_rec: --quality must be 1..100, got {args.quality}")
+    if args.landmarks and not os.path.isfile(args.landmarks):
+        sys.exit(f"pack_rec: {args.landmarks}: landmarks file not found")
+    try:
+        counts = pack(args.src, args.out, landmarks=args.landmarks, min_images=args.min_images,
+                      workers=args.workers, quality=args.quality, image_size=args.image_size,
+                      strict=args.strict, progress=not args.no_progress)
+    except (PackError, ValueError, OSError) as err:
+        sys.exit(f"pack_rec: {err}")
+    print(f"packed {counts['images']} images of {counts['identities']} identities into {args.out} "
+          f"({counts['skipped']} skipped, {counts['too_few_images']} identities under --min-images)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Rank-sharded, augmented training batches from an insightface RecordIO dataset.
+
+Every rank walks the same seeded permutation of the images for an epoch and takes its own
+interleaved shard (``perm[rank::num_ranks]``, trimmed so all ranks run the same number of steps:
+an uneven count would leave one worker waiting in an allreduce forever). The order and the flips
+depend only on (seed, epoch, position), never on thread timing, so a run resumed at step N sees
+exactly the batches an uninterrupted run sees.
+
+Decoding (OpenCV, GIL released) runs in a thread pool with batches prefetched in the background.
+A corrupt record is replaced by another image of the same batch, counted and logged; when the
+share of corrupt records passes ``max_bad_share`` the iterator raises.
+"""
+import queue
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .record import RecordError
+
+
+class TooManyBadRecords(RuntimeError):
+    pass
+
+
+def epoch_rng(seed, epoch, salt=0):
+    return np.random.default_rng([seed, epoch, salt])
+
+
+class ShardedOrder:
+    """Record indices of each step for one rank: random permutation sharded across ranks."""
+
+    def __init__(self, dataset, batch_size, rank=0, num_ranks=1, seed=0):
+        self.indices = dataset.image_indices
+        self.batch_size, self.rank, self.num_ranks, self.seed = batch_size, rank, num_ranks, seed
+        per_rank = len(self.indices) // num_ranks
+        self.steps_per_epoch = per_rank // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{dataset.rec_path}: {len(self.indices)} images are fewer than one batch of "
+                             f"{batch_size} per worker x {num_ranks} workers")
+
+    def epoch(self, epoch):
+        perm = epoch_rng(self.seed, epoch).permutation(self.indices)
+        shard = perm[self.rank::self.num_ranks][:self.steps_per_epoch * self.batch_size]
+        return shard.reshape(self.steps_per_epoch, self.batch_size)
+
+
+class PKOrder:
+    """P identities x K images per step (triplet training), from recognition.data.sampler."""
+
+    def __init__(self, dataset, batch_size, images_per_identity, rank=0, num_ranks=1, seed=0, small="replace"):
+        from .sampler import PKSampler
+        self.sampler = PKSampler(dataset.identity_ranges, batch_size // images_per_identity,
+                                 images_per_identity, rank=rank, num_ranks=num_ranks, seed=seed, small=small)
+        self.batch_size, self.seed = batch_size, seed
+        self.steps_per_epoch = len(self.sampler)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{dataset.rec_path}: too few identities for one P x K batch per worker")
+
+    def epoch(self, epoch):
+        self.sampler.set_epoch(epoch)
+        return np.stack([np.asarray(batch) for batch in self.sampler])
+
+
+class TrainBatches:
+    """Iterator of (data float32 (B,3,H,W) RGB 0..255, labels float32 (B,)) numpy batches.
+
+    ``start_step`` resumes in the middle of an epoch. ``num_workers`` = 0 decodes inline.
+    """
+
+    def __init__(self, dataset, order, flip=True, num_workers=1, prefetch=4, max_bad_share=0.01,
+                 start_step=0, log=None):
+        self.dataset, self.order, self.flip = dataset, order, flip
+        self.num_workers, self.prefetch, self.max_bad_share = num_workers, prefetch, max_bad_share
+        self.step = start_step
+        self.bad_records, self.seen_records = 0, 0
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self._pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+        self._queue = queue.Queue(maxsize=max(prefetch, 1))
+        self._stop = threading.Event()
+        self._thread = None
+        self._epoch_cache = (None, None)
+
+    @property
+    def steps_per_epoch(self):
+        return self.order.steps_per_epoch
+
+    def _load(self, index, do_flip):
+        try:
+            image, label = self.dataset.read_image(int(index))
+        except RecordError as err:
+            return None, str(err)
+        if image.shape[0] != self.dataset.height or image.shape[1] != self.dataset.width:
+            return None, f"{self.dataset.rec_path}: record {index} is {image.shape[1]}x{image.shape[0]}, " \
+                         f"property says {self.dataset.width}x{self.dataset.height}"
+        if do_flip:
+            image = image[:, ::-1]
+        return (image.transpose(2, 0, 1), label), None
+
+    def _make_batch(self, step):
+        epoch, position = divmod(step, self.order.steps_per_epoch)
+        if self._epoch_cache[0] != epoch:
+            self._epoch_cache = (epoch, self.order.epoch(epoch))
+        indices = self._epoch_cache[1][position]
+        flips = epoch_rng(self.order.seed, epoch, 1 + position).random(len(indices)) < 0.5 \
+            if self.flip else np.zeros(len(indices), bool)
+        jobs = list(zip(indices, flips))
+        results = list(self._pool.map(lambda job: self._load(*job), jobs)) if self._pool \
+            else [self._load(*job) for job in jobs]
+        good = [r for r, _ in results if r is not None]
+        problems = [p for _, p in results if p is not None]
+        self.seen_records += len(results)
+        for problem in problems:
+            self.bad_records += 1
+            self.log(f"skipped corrupt record: {problem}")
+        if problems and self.bad_records > self.max_bad_share * len(self.dataset):
+            raise TooManyBadRecords(
+                f"{self.dataset.rec_path}: {self.bad_records} corrupt records met, more than "
+                f"data.max_bad_records={self.max_bad_share:g} of its {len(self.dataset)} images; stopping")
+        if not good:
+            raise TooManyBadRecords(f"{self.dataset.rec_path}: no readable record in a batch at step {step}")
+        # keep the batch shape: corrupt slots take the batch's first good images again
+        while len(good) < len(results):
+            good.append(good[len(good) % max(len(results) - len(problems), 1)])
+        data = np.stack([image for image, _ in good]).astype(np.float32)
+        labels = np.array([label for _, label in good], dtype=np.float32)
+        return data, labels
+
+    def _producer(self):
+        step = self.step
+        while not self._stop.is_set():
+            try:
+                item = self._make_batch(step)
+            except Exception as err:  # handed to the consumer, raised in the training loop
+                item = err
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, Exception):
+                return
+            step += 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.prefetch <= 0:
+            batch = self._make_batch(self.step)
+        else:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._producer, daemon=True)
+                self._thread.start()
+            batch = self._queue.get()
+            if isinstance(batch, Exception):
+                raise batch
+        self.step += 1
+        return batch
+
+    def close(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._pool:
+            self._pool.shutdown(wait=False)

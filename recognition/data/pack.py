@@ -1,0 +1,164 @@
+"""Pack face images into an insightface RecordIO dataset (the library behind tools/pack_rec.py).
+
+Sources: a folder with one sub-folder per identity, or an insightface ``.lst`` file
+(``aligned<TAB>path<TAB>label`` optionally followed by 4 bbox values and 10 landmark values
+x1..x5 y1..y5). Landmarks may also come from a separate file in the lfw-devtrain format
+(``path<TAB>x1 y1 ... x5 y5``, paths relative to the source folder). Images with landmarks are
+aligned onto the ArcFace template; images without are taken as already aligned and resized.
+
+Identity labels are 0..K-1 in sorted identity order whatever the input order (insightface's packer
+creates extra identities from an unsorted .lst; this one does not). Output is deterministic.
+"""
+import multiprocessing
+import os
+import sys
+from collections import namedtuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .align import align_face, read_landmarks, to_size
+from .record import RecordWriter, encode_jpeg
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+Item = namedtuple("Item", "identity path landmarks")  # identity: sort key (folder name or label)
+
+
+class PackError(ValueError):
+    """Input that cannot be packed; the message names the file (and line) and the problem."""
+
+
+def list_folder(src, landmarks_file=None):
+    """Items of a folder-per-identity source, sorted by identity then file name."""
+    landmarks = read_landmarks(landmarks_file) if landmarks_file else {}
+    items = []
+    for identity in sorted(os.listdir(src)):
+        folder = os.path.join(src, identity)
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                rel = f"{identity}/{name}"
+                items.append(Item(identity, os.path.join(folder, name), landmarks.get(rel)))
+    if not items:
+        raise PackError(f"{src}: no images found (expected one sub-folder of images per identity)")
+    return items, []
+
+
+def list_lst(lst_path, landmarks_file=None):
+    """Items of an insightface .lst file, sorted by numeric label then path.
+
+    Returns (items, problems): malformed lines are reported as problems, not items.
+    """
+    base = os.path.dirname(os.path.abspath(lst_path))
+    landmarks = read_landmarks(landmarks_file) if landmarks_file else {}
+    items, problems = [], []
+    with open(lst_path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").split("\t")
+            try:
+                if len(fields) not in (3, 7, 17):
+                    raise ValueError(f"{len(fields)} fields, expected 3, 7 or 17")
+                path, label = fields[1], int(float(fields[2]))
+                points = None
+                if len(fields) == 17:
+                    values = np.array([float(v) for v in fields[7:17]])
+                    points = np.stack([values[:5], values[5:]], axis=1)  # x1..x5 y1..y5 -> 5x2
+            except ValueError as err:
+                problems.append(f"{lst_path}:{line_no}: malformed line ({err})")
+                continue
+            full = path if os.path.isabs(path) else os.path.join(base, path)
+            if points is None:
+                points = landmarks.get(path)
+            items.append(Item(label, full, points))
+    items.sort(key=lambda item: (item.identity, item.path))
+    return items, problems
+
+
+def load_face(item, image_size=112, min_size=32):
+    """Read, align and return an RGB face; raises ValueError with the reason."""
+    data = np.fromfile(item.path, dtype=np.uint8) if os.path.exists(item.path) else None
+    if data is None:
+        raise ValueError("file not found")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a readable image (corrupt or unknown format)")
+    if min(image.shape[:2]) < min_size:
+        raise ValueError(f"image too small ({image.shape[1]}x{image.shape[0]}, minimum {min_size})")
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if item.landmarks is not None:
+        return align_face(image, item.landmarks, image_size)
+    return to_size(image, image_size)
+
+
+def _encode(args):
+    item, image_size, quality = args
+    try:
+        return encode_jpeg(load_face(item, image_size), quality), None
+    except ValueError as err:
+        return None, f"{item.path}: skipped, {err}"
+
+
+def pack(src, out, landmarks=None, min_images=1, workers=1, quality=95, image_size=112,
+         strict=False, progress=True, warn=None):
+    """Pack ``src`` into ``out``/train.rec,.idx,property. Returns a dict of counts.
+
+    Unreadable images, missing landmark rows (with a landmarks file) and malformed .lst lines are
+    skipped with one warning each; ``strict`` turns the first of them into a PackError.
+    """
+    warn = warn or (lambda message: print("warning: " + message, file=sys.stderr))
+    if os.path.isdir(src):
+        items, problems = list_folder(src, landmarks)
+        if landmarks:
+            with_points = [item for item in items if item.landmarks is not None]
+            problems += [f"{item.path}: skipped, no row in {landmarks}" for item in items if item.landmarks is None]
+            items = with_points
+    elif os.path.isfile(src):
+        items, problems = list_lst(src, landmarks)
+    else:
+        raise PackError(f"{src}: no such folder or .lst file")
+    for problem in problems:
+        if strict:
+            raise PackError(problem)
+        warn(problem)
+
+    counts = {"images": 0, "identities": 0, "skipped": len(problems), "too_few_images": 0}
+    jobs = ((item, image_size, quality) for item in items)
+    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    results = pool.imap(_encode, jobs, chunksize=16) if pool else map(_encode, jobs)
+    try:
+        with RecordWriter(out, (image_size, image_size)) as writer:
+            group, group_key = [], None
+
+            def flush():
+                if len(group) >= min_images:
+                    for jpeg in group:
+                        writer.add(counts["identities"], jpeg)
+                    counts["identities"] += 1
+                    counts["images"] += len(group)
+                elif group_key is not None:
+                    counts["too_few_images"] += 1
+
+            for item, (jpeg, problem) in tqdm(zip(items, results), total=len(items), desc="pack",
+                                              unit="img", disable=not progress):
+                if item.identity != group_key:
+                    flush()
+                    group, group_key = [], item.identity
+                if problem:
+                    if strict:
+                        raise PackError(problem)
+                    warn(problem)
+                    counts["skipped"] += 1
+                    continue
+                group.append(jpeg)
+            flush()
+            if counts["images"] == 0:
+                raise PackError(f"{src}: no identity has {min_images} or more usable images")
+    finally:
+        if pool:
+            pool.terminate()
+    return counts

@@ -1,0 +1,150 @@
+"""Atomic checkpoints: full training state for --resume, and insightface-style exported models.
+
+A training state is a folder ``OUT/checkpoints/step-00001000/`` holding ``net.params``,
+``head.params``, ``trainer.states`` and ``meta.json``. It is written as ``step-...tmp``, every file
+flushed to disk, and renamed into place last; a folder without ``meta.json`` or with a ``.tmp``
+suffix is never picked up. A failure while saving (disk full, ...) removes the partial folder,
+keeps the previous checkpoints and is reported, never raised into the training loop.
+
+The exported model is ``PREFIX-symbol.json`` + ``PREFIX-NNNN.params`` (arg:/aux: names), loadable
+with ``mx.gluon.SymbolBlock.imports`` or insightface's ``mx.model.load_checkpoint``.
+"""
+import json
+import os
+import re
+import shutil
+
+import mxnet as mx
+
+STATE_PATTERN = re.compile(r"^step-(\d{8})$")
+
+
+def _fsync_tree(folder):
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_dir(out_dir, step):
+    return os.path.join(out_dir, "checkpoints", f"step-{step:08d}")
+
+
+def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=()):
+    """Write the training state of ``step``; returns its folder, or None when saving failed."""
+    final = state_dir(out_dir, step)
+    tmp = final + ".tmp"
+    try:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+        net.save_parameters(os.path.join(tmp, "net.params"))
+        head.save_parameters(os.path.join(tmp, "head.params"))
+        trainer.save_states(os.path.join(tmp, "trainer.states"))
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(dict(meta, step=step), f, indent=1)
+        _fsync_tree(tmp)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except (OSError, mx.base.MXNetError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"checkpoint: saving step {step} to {final} failed ({str(err).splitlines()[0]}); "
+              f"previous checkpoints kept", flush=True)
+        return None
+    prune(out_dir, keep, protect=set(protect) | {final})
+    return final
+
+
+def list_states(out_dir):
+    """Complete training states, oldest first, as (step, folder)."""
+    root = os.path.join(out_dir, "checkpoints")
+    found = []
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            match = STATE_PATTERN.match(name)
+            folder = os.path.join(root, name)
+            if match and os.path.isfile(os.path.join(folder, "meta.json")):
+                found.append((int(match.group(1)), folder))
+    return sorted(found)
+
+
+def latest_state(out_dir):
+    states = list_states(out_dir)
+    return states[-1][1] if states else None
+
+
+def prune(out_dir, keep, protect=()):
+    states = list_states(out_dir)
+    for _, folder in states[:max(len(states) - keep, 0)]:
+        if folder not in protect:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_state(folder, net, head, trainer):
+    """Load a training state written by save_state; returns its meta dict."""
+    meta_path = os.path.join(folder, "meta.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{meta_path}: not a complete checkpoint ({err})") from None
+    net.load_parameters(os.path.join(folder, "net.params"))
+    head.load_parameters(os.path.join(folder, "head.params"))
+    trainer.load_states(os.path.join(folder, "trainer.states"))
+    return meta
+
+
+def export_model(net, prefix, epoch):
+    """Export the hybridized embedding network insightface-style, atomically.
+
+    Returns (symbol path, params path), or None when writing failed (previous files kept).
+    """
+    folder = os.path.dirname(prefix) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp_prefix = prefix + ".tmp"
+    try:
+        net.export(tmp_prefix, epoch)
+        pairs = [(f"{tmp_prefix}-symbol.json", f"{prefix}-symbol.json"),
+                 (f"{tmp_prefix}-{epoch:04d}.params", f"{prefix}-{epoch:04d}.params")]
+        for tmp, _ in pairs:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        for tmp, final in pairs:
+            os.replace(tmp, final)
+    except (OSError, mx.base.MXNetError) as err:
+        for suffix in ("-symbol.json", f"-{epoch:04d}.params"):
+            if os.path.exists(tmp_prefix + suffix):
+                os.remove(tmp_prefix + suffix)
+        print(f"export: writing {prefix} failed ({str(err).splitlines()[0]}); previous export kept", flush=True)
+        return None
+    return pairs[0][1], pairs[1][1]
+
+
+def load_pretrained(net, path):
+    """Backbone and embedding weights from a training state folder, a net.params file or an exported
+    PREFIX,EPOCH model; the classifier (head) is not loaded (fine-tuning, e.g. triplet after softmax)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "net.params")
+    if os.path.isfile(path) and path.endswith(".params") and "-" not in os.path.basename(path):
+        net.load_parameters(path)
+        return
+    prefix, _, epoch = path.rpartition(",")
+    params_file = f"{prefix}-{int(epoch):04d}.params" if prefix else path
+    loaded = mx.nd.load(params_file)
+    values = {key.split(":", 1)[-1]: value for key, value in loaded.items()}
+    params = net.collect_params()
+    missing = []
+    # exported names are the network's own parameter names (prefix included)
+    for name, param in params.items():
+        if name in values:
+            param.set_data(values[name])
+        else:
+            missing.append(name)
+    if missing:
+        raise ValueError(f"{params_file}: {len(missing)} network parameters missing (e.g. {missing[0]}); "
+                         f"is it the same model?")

@@ -1,0 +1,211 @@
+"""Experiment configuration: YAML -> validated dataclasses, with ``--set key=value`` overrides.
+
+An unknown key, a value of the wrong type or an impossible value stops with a ConfigError naming
+the file and the key, before any work is done.
+"""
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    root: str = ""                 # folder with train.rec / train.idx / property
+    batch_size: int = 64           # per worker
+    num_workers: int = 1           # decoding threads per worker
+    prefetch: int = 4              # batches decoded ahead
+    flip: bool = True              # random horizontal flip
+    sampler: str = "random"        # random | pk (P identities x K images, for triplet)
+    images_per_identity: int = 4   # K of the P x K sampler
+    small_identities: str = "replace"  # identities with fewer than K images: replace | skip
+    max_bad_records: float = 0.01  # share of corrupt records tolerated before stopping
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mobilefacenet"
+    embedding_size: int = 0        # 0: the network's default (128 MobileFaceNet, 512 IResNet)
+    dropout: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    name: str = "arcface"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.1                # for a global batch of `lr_batch_size`; scaled linearly
+    lr_batch_size: int = 0         # 0: no batch scaling; else lr *= global_batch / lr_batch_size
+    momentum: float = 0.9
+    wd: float = 5e-4
+    schedule: str = "cosine"       # cosine | step | constant
+    lr_steps: list = field(default_factory=list)   # step schedule boundaries (optimizer steps)
+    lr_factor: float = 0.1
+    warmup_steps: int = 0
+    clip_gradient: float = 0.0     # 0: off
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    seed: int = 0
+    log_every: int = 20
+    hybridize: bool = True
+    deterministic: bool = False    # no data threads, fixed order: resumed == uninterrupted
+    max_nonfinite: int = 5         # consecutive non-finite losses/gradients before stopping
+    threads: int = 0               # OMP threads per worker (0: MXNet default)
+
+
+@dataclass
+class VerificationConfig:
+    bins: list = field(default_factory=list)
+    every: int = 500               # steps; 0: only at the end
+    batch_size: int = 64
+    flip: str = "sum"
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "work_dirs/run"
+    checkpoint_every: int = 500    # steps
+    keep: int = 2                  # training states kept besides the best
+    export_every: int = 0          # 0: export at the end and at each best
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+CHOICES = {
+    "data.sampler": ("random", "pk"),
+    "data.small_identities": ("replace", "skip"),
+    "optimizer.name": ("sgd", "nag", "adam", "adamw"),
+    "optimizer.schedule": ("cosine", "step", "constant"),
+    "verification.flip": ("sum", "concat", "none"),
+}
+
+
+def _coerce(value, kind, where):
+    """Check ``value`` against the dataclass field type (ints are accepted for floats)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    origin = typing.get_origin(kind) or kind
+    if origin is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if origin in (int, float) and (isinstance(value, bool) or not isinstance(value, origin)):
+        raise ConfigError(f"{where}: expected {origin.__name__}, got {value!r}")
+    if origin in (str, list, dict) and not isinstance(value, origin):
+        if origin is list and isinstance(value, str):
+            return [v for v in value.split(",") if v]  # --set verification.bins=a.bin,b.bin
+        raise ConfigError(f"{where}: expected {origin.__name__}, got {value!r}")
+    return value
+
+
+def _fill(instance, values, source, path=""):
+    """Set the fields of ``instance`` from ``values``; errors read "SOURCE: section.key: problem"."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {path.rstrip('.') or 'top level'}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(instance)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{path}{key}' (known in this section: {', '.join(fields)})")
+        current = getattr(instance, key)
+        if dataclasses.is_dataclass(current):
+            _fill(current, value, source, f"{path}{key}.")
+        else:
+            kind = typing.get_type_hints(type(instance))[key]
+            setattr(instance, key, _coerce(value, kind, f"{source}: {path}{key}"))
+
+
+def parse_override(text):
+    """``a.b=value`` -> (['a', 'b'], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def nest(path, value):
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def validate(config, source):
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+    positive = {"data.batch_size": config.data.batch_size, "train.max_steps": config.train.max_steps,
+                "verification.batch_size": config.verification.batch_size}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{source}: {key} must be positive, got {value}")
+    if config.optimizer.lr <= 0:
+        raise ConfigError(f"{source}: optimizer.lr must be positive, got {config.optimizer.lr}")
+    if config.data.sampler == "pk" and config.data.batch_size % config.data.images_per_identity:
+        raise ConfigError(f"{source}: data.batch_size {config.data.batch_size} is not divisible by "
+                          f"data.images_per_identity {config.data.images_per_identity} (P x K batches)")
+    if config.loss.name == "triplet" and config.data.sampler != "pk":
+        raise ConfigError(f"{source}: loss triplet needs data.sampler: pk (P identities x K images per batch)")
+    if not config.data.root:
+        raise ConfigError(f"{source}: data.root is not set (a folder with train.rec/train.idx/property)")
+    for name in ("train.rec", "train.idx", "property"):
+        if not os.path.isfile(os.path.join(config.data.root, name)):
+            raise ConfigError(f"{source}: data.root {config.data.root}: {name} not found")
+    for path in config.verification.bins:
+        if not os.path.isfile(path):
+            raise ConfigError(f"{source}: verification.bins: {path} not found")
+
+
+def load_config(path=None, overrides=(), check_files=True):
+    """Read ``path`` (YAML), apply ``overrides`` ("a.b=value"), validate, return a Config."""
+    config = Config()
+    source = path or "<defaults>"
+    if path:
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        _fill(config, values, source)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key[:2] == ["loss", "params"] and len(key) > 2:
+            config.loss.params = _merge(config.loss.params, nest(key[2:], value))
+            continue
+        _fill(config, nest(key, value), "--set")
+    if check_files:
+        validate(config, source)
+    return config
+
+
+def _merge(base, extra):
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def to_dict(config):
+    return dataclasses.asdict(config)

@@ -1,0 +1,223 @@
+"""The training loop. A batch travels: RecordDataset -> TrainBatches -> network -> loss head ->
+(Distributed)Trainer; checkpoints, logs and verification happen around it.
+
+The same code runs single-process and under ``horovodrun``: parameters are broadcast from rank 0,
+gradients are averaged over all workers by ``hvd.DistributedTrainer`` and the learning rate is
+scaled by the number of workers.
+"""
+import json
+import os
+import random
+import sys
+
+import numpy as np
+
+import mxnet as mx
+from mxnet import autograd
+
+from recognition.data.dataset import PKOrder, ShardedOrder, TrainBatches
+from recognition.data.record import RecordDataset
+from recognition.losses import get_loss
+from recognition.models import get_model
+
+from . import checkpoint
+from . import distributed as dist
+from .callbacks import Logger, Verification, learning_rate
+from .config import to_dict
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def build_network(config, num_classes, ctx):
+    """Embedding network and loss head, initialised (deferred shapes resolved) and hybridized."""
+    kwargs = {"dropout": config.model.dropout}
+    if config.model.embedding_size:
+        kwargs["embedding_size"] = config.model.embedding_size
+    net = get_model(config.model.name, **kwargs)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
+    with autograd.pause():
+        embedding_size = net(mx.nd.zeros((1, 3, 112, 112), ctx=ctx)).shape[1]
+    head = get_loss(config.loss.name, num_classes=num_classes, embedding_size=embedding_size,
+                    **config.loss.params)
+    head.initialize(mx.init.Normal(0.01), ctx=ctx)
+    if config.train.hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+        head.hybridize(static_alloc=True, static_shape=True)
+    return net, head, embedding_size
+
+
+def _all_params(net, head):
+    params = mx.gluon.ParameterDict()
+    params.update(net.collect_params())
+    params.update(head.collect_params())
+    return params
+
+
+def _global_grad_norm_sq(params):
+    grads = [p.grad() for p in params.values() if p.grad_req != "null"]
+    return float(mx.nd.add_n(*[mx.nd.sum(mx.nd.square(g)) for g in grads]).asscalar())
+
+
+def _seed(seed):
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    mx.random.seed(seed % (2 ** 31))
+
+
+def train(config, resume=None, pretrained=None, log=print):
+    """Run the training of ``config``; returns a dict of final results (on every rank)."""
+    dist.init()
+    rank, world = dist.rank(), dist.size()
+    if config.train.threads:
+        os.environ["OMP_NUM_THREADS"] = str(config.train.threads)
+    ctx = mx.cpu()
+    out_dir = config.output.dir
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(to_dict(config), f, indent=1)
+    _seed(config.train.seed)
+
+    dataset = RecordDataset(config.data.root)  # validates the files before any work
+    if config.data.sampler == "pk":
+        order = PKOrder(dataset, config.data.batch_size, config.data.images_per_identity, rank, world,
+                        config.train.seed, config.data.small_identities)
+    else:
+        order = ShardedOrder(dataset, config.data.batch_size, rank, world, config.train.seed)
+
+    net, head, embedding_size = build_network(config, dataset.num_classes, ctx)
+    if pretrained:
+        checkpoint.load_pretrained(net, pretrained)
+    params = _all_params(net, head)
+    dist.broadcast_parameters(params)
+
+    opt = config.optimizer
+    base_lr = opt.lr * world  # linear scaling with the number of workers
+    optimizer_params = {"learning_rate": base_lr, "wd": opt.wd}
+    if opt.name in ("sgd", "nag"):
+        optimizer_params["momentum"] = opt.momentum
+    if opt.clip_gradient > 0:
+        optimizer_params["clip_gradient"] = opt.clip_gradient
+    trainer = dist.make_trainer(params, opt.name, optimizer_params)
+
+    start_step, best = 0, {"accuracy": -1.0}
+    resume_dir = checkpoint.latest_state(out_dir) if resume == "auto" else resume
+    if resume_dir:
+        meta = checkpoint.load_state(resume_dir, net, head, trainer)
+        start_step, best = meta["step"], meta.get("best", best)
+        if rank == 0:
+            log(f"resumed from {resume_dir} at step {start_step}")
+    elif resume == "auto" and rank == 0:
+        log(f"no checkpoint in {out_dir}/checkpoints; starting from scratch")
+
+    batches = TrainBatches(dataset, order, flip=config.data.flip,
+                           num_workers=0 if config.train.deterministic else config.data.num_workers,
+                           prefetch=0 if config.train.deterministic else config.data.prefetch,
+                           max_bad_share=config.data.max_bad_records, start_step=start_step,
+                           log=lambda message: log(f"rank {rank}: {message}"))
+    verification = Verification(config.verification.bins, config.verification.batch_size,
+                                config.verification.flip) if config.verification.bins else None
+    logger = Logger(out_dir, config.train.max_steps, start_step, config.data.batch_size * world)
+    meta_base = {"model": config.model.name, "embedding_size": embedding_size,
+                 "num_classes": dataset.num_classes, "world_size": world}
+    results = {"start_step": start_step}
+
+    def save(step):
+        if hasattr(head, "flush_state"):
+            head.flush_state()
+        if rank == 0:
+            extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch}
+            if hasattr(head, "scale"):
+                extra["scale"] = float(head.scale)
+            checkpoint.save_state(out_dir, step, net, head, trainer, dict(meta_base, **extra),
+                                  keep=config.output.keep)
+
+    def verify(step):
+        scores = verification(net)
+        logger.scalars(step, {f"verification/{name}/accuracy": r["accuracy"] for name, r in scores.items()})
+        logger.scalars(step, {f"verification/{name}/xnorm": r["xnorm"] for name, r in scores.items()})
+        mean_accuracy = float(np.mean([r["accuracy"] for r in scores.values()]))
+        for name, r in scores.items():
+            logger.message(f"step {step}: {name} accuracy {r['accuracy']:.4f}+-{r['accuracy_std']:.4f} "
+                           f"xnorm {r['xnorm']:.2f} tar@far1e-3 {r['tar_at_far_1e-3']:.4f}")
+        if mean_accuracy > best["accuracy"]:
+            best.update(accuracy=mean_accuracy, step=step)
+            if rank == 0:
+                checkpoint.export_model(net, os.path.join(out_dir, "best", "model"), 1)
+                with open(os.path.join(out_dir, "best", "scores.json"), "w") as f:
+                    json.dump({"step": step, "scores": scores}, f, indent=1)
+        return scores
+
+    nonfinite_in_row, skipped_updates, last_saved = 0, 0, start_step
+    try:
+        for step in range(start_step, config.train.max_steps):
+            if config.train.deterministic:
+                mx.random.seed((config.train.seed * 1000003 + step * 7919 + rank) % (2 ** 31))
+            data_np, label_np = next(batches)
+            data, label = mx.nd.array(data_np, ctx=ctx), mx.nd.array(label_np, ctx=ctx)
+            trainer.set_learning_rate(learning_rate(step, base_lr, config.train.max_steps, opt.schedule,
+                                                    opt.warmup_steps, opt.lr_steps, opt.lr_factor))
+            with autograd.record():
+                embeddings = net(data)
+                if hasattr(head, "update_state"):
+                    head.update_state(embeddings.detach(), label)
+                loss = head(embeddings, label)
+            loss.backward()
+            trainer.allreduce_grads()
+            # identical on every rank after the allreduce, so all ranks skip together
+            if not np.isfinite(_global_grad_norm_sq(params)):
+                nonfinite_in_row += 1
+                skipped_updates += 1
+                logger.scalars(step, {"nonfinite_skipped": skipped_updates})
+                logger.message(f"step {step}: non-finite loss or gradient, update skipped "
+                               f"({nonfinite_in_row} in a row)")
+                if nonfinite_in_row >= config.train.max_nonfinite:
+                    raise TrainingError(f"{nonfinite_in_row} non-finite updates in a row at step {step}; "
+                                        f"stopping (last good checkpoint kept in {out_dir}/checkpoints)")
+                continue
+            nonfinite_in_row = 0
+            trainer.update(config.data.batch_size)
+            done = step + 1
+
+            if done % config.train.log_every == 0 or done == config.train.max_steps:
+                values = {"loss": float(loss.mean().asscalar()), "lr": trainer.learning_rate,
+                          "epoch": done / batches.steps_per_epoch}
+                if hasattr(head, "predict"):
+                    with autograd.pause():
+                        predicted = head.predict(embeddings).argmax(axis=1)
+                    values["train_acc"] = float((predicted == label).mean().asscalar())
+                if hasattr(head, "scale"):
+                    values["scale"] = float(head.scale)
+                if batches.bad_records:
+                    values["bad_records"] = batches.bad_records
+                logger.step(done, values)
+            if verification and config.verification.every and done % config.verification.every == 0 \
+                    and done != config.train.max_steps:
+                verify(done)
+            if config.output.checkpoint_every and done % config.output.checkpoint_every == 0:
+                save(done)
+                last_saved = done
+        done = config.train.max_steps
+        if last_saved != done:
+            save(done)
+        if verification:
+            results["verification"] = verify(done)
+        if rank == 0:
+            checkpoint.export_model(net, os.path.join(out_dir, "model"), 1)
+    finally:
+        batches.close()
+        logger.close()
+    results.update(steps=config.train.max_steps, best=best, skipped_updates=skipped_updates,
+                   bad_records=batches.bad_records, samples_per_sec=logger.samples_per_sec)
+    if rank == 0:
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+def fail(message):
+    """One clear line on stderr and a non-zero exit."""
+    print(f"train: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
