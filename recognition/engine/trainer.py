@@ -66,8 +66,9 @@ def _seed(seed):
     mx.random.seed(seed % (2 ** 31))
 
 
-def train(config, resume=None, pretrained=None, log=print):
-    """Run the training of ``config``; returns a dict of final results (on every rank)."""
+def train(config, resume=None, pretrained=None, log=print, return_model=False):
+    """Run the training of ``config``; returns a dict of final results (on every rank), or
+    (results, net, head) with ``return_model``."""
     dist.init()
     rank, world = dist.rank(), dist.size()
     if config.train.threads:
@@ -214,7 +215,7 @@ def train(config, resume=None, pretrained=None, log=print):
     if rank == 0:
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
-    return results
+    return (results, net, head) if return_model else results
 
 
 def fail(message):
