@@ -85,8 +85,8 @@ def threshold_for_far(far, thresholds, far_target):
     SciPy >= 1.9 refuses duplicate x in ``slinear``, hence the explicit form.
     """
     lo = int(np.searchsorted(far, far_target, side="right")) - 1
-    if lo < 0:
-        lo = 0
+    if lo < 0:  # below the curve (cannot happen with insightface's thresholds: FAR(0) = 0)
+        return float(thresholds[0])
     if lo >= len(far) - 1 or far[lo] == far_target:
         return float(thresholds[lo])
     hi = lo + 1
