@@ -32,7 +32,12 @@ _NUMPY_GLOBALS = {
 _CODECS_GLOBALS = {
     ("_codecs", "encode"): lambda: __import__("_codecs").encode,
 }
-ALLOWED_GLOBALS = {**_NUMPY_GLOBALS, **_CODECS_GLOBALS}
+# protocols 3+ write a bytearray as a call of its (harmless) constructor
+_BYTES_GLOBALS = {
+    ("builtins", "bytearray"): lambda: bytearray,
+    ("__builtin__", "bytearray"): lambda: bytearray,
+}
+ALLOWED_GLOBALS = {**_NUMPY_GLOBALS, **_CODECS_GLOBALS, **_BYTES_GLOBALS}
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
@@ -52,7 +57,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if resolve is None:
             raise UnsafePickleError(f"{self.source}: refused to load: the pickle asks for the global "
                                     f"'{module}.{name}', which a data file has no reason to contain "
-                                    f"(allowed: NumPy arrays and scalars, lists, tuples, bytes, bools)")
+                                    f"(allowed: NumPy arrays and scalars, lists, tuples, bytes, bools, numbers, strings)")
         return resolve()
 
     def persistent_load(self, pid):
