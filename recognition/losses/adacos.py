@@ -39,7 +39,7 @@ class AdaCosLoss(ClassifierHead):
         super().__init__(num_classes, embedding_size, bias=False, prefix=prefix, params=params)
         self.dynamic = bool(dynamic)
         with self.name_scope():
-            self.s = self.params.get("scale", shape=(1,), init=mx.init.Constant(fixed_scale(self.num_classes)),
+            self.s = self.params.get("s", shape=(1,), init=mx.init.Constant(fixed_scale(self.num_classes)),
                                      grad_req="null")
 
     @property
