@@ -27,15 +27,16 @@ def ranks(tmp_path_factory):
 
 
 def single_process(strategy, gathered, labels):
-    """TripletLoss(pool="online") on the concatenated batch: triplets, loss, embedding gradient."""
+    """TripletLoss(pool="online") on the concatenated batch: triplets, per-sample loss, per-triplet
+    losses and the gradient of loss.sum() w.r.t. the embeddings."""
     loss_fn = TripletLoss(strategy=strategy, pool="online", seed=SEED)
     emb = mx.nd.array(gathered)
     emb.attach_grad()
     with autograd.record():
         loss = loss_fn(emb, labels)
-        total = loss.mean()
+        total = loss.sum()
     total.backward()
-    return np.stack(loss_fn.last_triplets), loss.asnumpy(), emb.grad.asnumpy()
+    return np.stack(loss_fn.last_triplets), loss.asnumpy(), loss_fn.last_triplet_losses.asnumpy(), emb.grad.asnumpy()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -44,7 +45,7 @@ def test_cross_worker_equals_single_process(ranks, strategy):
     assert [int(r["size"]) for r in ranks] == [2, 2]
     gathered = ranks[0][strategy + "/gathered"]
     np.testing.assert_array_equal(ranks[1][strategy + "/gathered"], gathered)
-    triplets, loss, emb_grad = single_process(strategy, gathered, labels)
+    triplets, loss, triplet_losses, emb_grad = single_process(strategy, gathered, labels)
     assert triplets.shape[1] > 0  # the batch is random: there is something to mine
     # identities of a rank never appear on the other rank, so mining across workers matters:
     # some selected triplets mix samples of both workers
@@ -54,11 +55,14 @@ def test_cross_worker_equals_single_process(ranks, strategy):
     for rank, data in enumerate(ranks):
         np.testing.assert_array_equal(data[strategy + "/triplets"], triplets)
         assert int(data[strategy + "/num_triplets"]) == triplets.shape[1]
-        np.testing.assert_allclose(data[strategy + "/loss"], loss, rtol=1e-6, atol=1e-7)
-        # each worker's gradient is the single-process gradient restricted to its own rows
+        np.testing.assert_allclose(data[strategy + "/triplet_losses"], triplet_losses, rtol=1e-6, atol=1e-7)
+        # every entry of each worker's (B_local,) vector is the global mean triplet loss
+        assert data[strategy + "/loss"].shape == (SHARES[rank],)
+        np.testing.assert_allclose(data[strategy + "/loss"], loss[0], rtol=1e-6)
+        # each worker's loss.sum() gradient is the single-process one restricted to its own rows
         np.testing.assert_allclose(data[strategy + "/emb_grad"], emb_grad[owner == rank], rtol=1e-5, atol=1e-7)
 
-    # parameter gradients summed over workers = single process through the same net
+    # parameter gradients of loss.sum() summed over workers = single process through the same net
     net = build_net()
     x = mx.nd.array(inputs)
     with autograd.record():

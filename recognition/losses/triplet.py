@@ -21,10 +21,21 @@ Mining pools (``pool=``):
   ``pool_batches`` batches forwarded without gradient; ``select_pool()`` mines them and returns
   chunks whose images the trainer forwards again and passes to ``head`` with ``triplets=``.
 
-``head`` returns the per-triplet loss, shape (T,), recorded by autograd, so ``loss.mean()`` is the
-paper's loss (mean over the selected triplets); when no triplet is valid it returns a (1,) zero
-that still back-propagates (zero gradients, no NaN). ``last_num_triplets`` and ``last_triplets``
-(indices in the mined batch: the gathered global batch for ``cross_worker``) are kept for logging.
+``head(embeddings, labels)`` follows the per-sample contract of every head (see
+``recognition.losses``): it returns a (B,) vector recorded by autograd whose every entry is the
+batch's triplet loss L = mean over the selected triplets of max(0, M(a,p) + alpha - M(a,n)), so
+``loss.mean()`` is the paper's L and ``loss.backward(); trainer.step(B)`` (the sum convention)
+applies exactly grad L, as for any per-sample head. With no valid triplet it returns zeros that
+still back-propagate (zero gradients, no NaN). ``last_num_triplets``, ``last_triplets`` (indices
+in the mined batch: the gathered global batch for ``cross_worker``) and ``last_triplet_losses``
+(the (T,) per-triplet values, an NDArray; None when there was no triplet) are kept for logging.
+
+Under ``cross_worker`` each worker's vector has the value L of the global triplets, and the
+gradient of its ``sum()`` is (B_global / B_local) x the gradient of L through its own rows, so
+the sum over workers of ``sum()``-gradients equals the single-process ``sum()``-gradient of the
+concatenated batch -- the same relation per-sample heads have. ``hvd.DistributedTrainer`` (sum of
+gradients / workers) stepped with the local batch size then applies grad L, exactly as a single
+process stepping the concatenated batch with the global batch size.
 """
 import numpy as np
 
@@ -38,20 +49,27 @@ POOLS = ("online", "semi_online", "cross_worker")
 
 
 class TripletGatherLoss(gluon.HybridBlock):
-    """Per-triplet hinge loss over the rows ``anchors``/``positives``/``negatives`` of
-    ``embeddings`` (normalised here, so raw embeddings may be passed)."""
+    """Gather + loss: (B,) vector of the mean triplet loss over the rows ``anchors``/``positives``/
+    ``negatives`` of ``embeddings`` (normalised here, so raw embeddings may be passed), and the
+    (T,) per-triplet losses. ``samples`` (B, 1) fixes the length of the vector; ``grad_scale``
+    (1,) multiplies the gradient, not the value (cross-worker bookkeeping, 1 otherwise)."""
 
     def __init__(self, margin=0.2, eps=1e-10, **kwargs):
         super().__init__(**kwargs)
         self.margin = float(margin)
         self.eps = float(eps)
 
-    def hybrid_forward(self, F, embeddings, anchors, positives, negatives):
+    def hybrid_forward(self, F, embeddings, samples, anchors, positives, negatives, grad_scale):
         unit = F.L2Normalization(embeddings, mode="instance", eps=self.eps)
         anchor = F.take(unit, anchors)
         d_pos = F.sum(F.square(anchor - F.take(unit, positives)), axis=1)
         d_neg = F.sum(F.square(anchor - F.take(unit, negatives)), axis=1)
-        return F.relu(d_pos + self.margin - d_neg)
+        per_triplet = F.relu(d_pos + self.margin - d_neg)
+        mean = F.mean(per_triplet, axis=0, keepdims=True)
+        # value: mean; gradient: grad_scale * d(mean)
+        scaled = F.broadcast_mul(mean, grad_scale) + F.BlockGrad(F.broadcast_mul(mean, 1 - grad_scale))
+        per_sample = F.broadcast_mul(F.ones_like(F.reshape(samples, (-1,))), scaled)
+        return per_sample, per_triplet
 
 
 class TripletLoss(gluon.Block):
@@ -77,6 +95,7 @@ class TripletLoss(gluon.Block):
         self.semi_online_pool = SemiOnlinePool(pool_batches) if pool == "semi_online" else None
         self.last_num_triplets = 0
         self.last_triplets = (np.zeros(0, np.int64),) * 3
+        self.last_triplet_losses = None
         with self.name_scope():
             self.gather_loss = TripletGatherLoss(self.margin)
 
@@ -84,7 +103,8 @@ class TripletLoss(gluon.Block):
         return self.head(embeddings, labels, triplets)
 
     def head(self, embeddings, labels, triplets=None):
-        """Per-triplet loss of ``embeddings`` (B, D) with identities ``labels`` (B,).
+        """(B,) loss vector (every entry = mean loss of the selected triplets) of ``embeddings``
+        (B, D), raw or normalised, with identities ``labels`` (B,).
 
         ``triplets``: explicit (anchors, positives, negatives) row indices, e.g. from a
         ``SemiOnlinePool`` chunk; when omitted they are mined with ``self.strategy`` from the
@@ -94,7 +114,7 @@ class TripletLoss(gluon.Block):
         batch = embeddings.shape[0]
         if len(labels) != batch:
             raise ValueError("triplet loss: %d embeddings but %d labels" % (batch, len(labels)))
-        rows = embeddings
+        rows, grad_scale = embeddings, 1.0
         if triplets is not None:
             anchors, positives, negatives = (np.asarray(t, dtype=np.int64).reshape(-1) for t in triplets)
             if any(len(t) and (t.min() < 0 or t.max() >= batch) for t in (anchors, positives, negatives)):
@@ -102,17 +122,23 @@ class TripletLoss(gluon.Block):
             mined = (anchors, positives, negatives)
         elif self.pool == "cross_worker" and distributed.size() > 1:
             mined, rows, (anchors, positives, negatives) = self._mine_across_workers(embeddings, labels)
+            # this worker holds B_local of the B_global rows whose sum-gradients add up over workers
+            grad_scale = (rows.shape[0] - batch) / float(batch)
         else:
             mined = select_triplets(squared_distances(embeddings), labels, self.strategy, self.margin, self.rng)
             anchors, positives, negatives = mined
         self.last_triplets = mined
         self.last_num_triplets = len(anchors)
         if len(anchors) == 0:
-            # nothing to learn from: a zero that is still part of the graph (zero gradients)
-            return (embeddings * 0).sum().reshape((1,))
+            # nothing to learn from: zeros that are still part of the graph (zero gradients)
+            self.last_triplet_losses = None
+            return (embeddings * 0).sum(axis=1)
         ctx = embeddings.context
         index = [mx.nd.array(t, ctx=ctx, dtype="int32") for t in (anchors, positives, negatives)]
-        return self.gather_loss(rows, *index)
+        scale = mx.nd.array([grad_scale], ctx=ctx)
+        samples = mx.nd.zeros((batch, 1), ctx=ctx)
+        per_sample, self.last_triplet_losses = self.gather_loss(rows, samples, *index, scale)
+        return per_sample
 
     def _mine_across_workers(self, embeddings, labels):
         """Mine the concatenation of all workers' batches (in rank order). Returns the global

@@ -3,8 +3,8 @@
 Usage: mining_worker.py OUT_PREFIX
 Each rank embeds its own share of a fixed global batch with a tiny Dense net, runs
 TripletLoss(pool="cross_worker") for every strategy, and writes OUT_PREFIX.rankR.npz with what it
-mined, its loss values, the gathered embeddings, its gradient w.r.t. its own embeddings and the
-sum over workers of the parameter gradients. The test recomputes everything single-process.
+mined, its loss values, the gathered embeddings, the gradient of loss.sum() w.r.t. its own
+embeddings and the sum over workers of the parameter gradients. The test recomputes everything single-process.
 """
 import os
 import sys
@@ -61,10 +61,11 @@ def main():
         emb.attach_grad()
         with autograd.record():
             loss = loss_fn(emb, y)
-            total = loss.mean()
+            total = loss.sum()
         total.backward()
         result[strategy + "/triplets"] = np.stack(loss_fn.last_triplets)
         result[strategy + "/loss"] = loss.asnumpy()
+        result[strategy + "/triplet_losses"] = loss_fn.last_triplet_losses.asnumpy()
         result[strategy + "/num_triplets"] = np.array(loss_fn.last_num_triplets)
         result[strategy + "/emb_grad"] = emb.grad.asnumpy()
         result[strategy + "/gathered"] = distributed.allgather(emb, name="test_gathered").asnumpy()
@@ -72,7 +73,7 @@ def main():
         # so batch_random draws the same negatives again)
         loss_fn = TripletLoss(strategy=strategy, pool="cross_worker", seed=SEED)
         with autograd.record():
-            total = loss_fn(net(x), y).mean()
+            total = loss_fn(net(x), y).sum()
         total.backward()
         for name, param in net.collect_params().items():
             summed = distributed.allreduce_sum(param.grad().copy(), name="test_" + strategy + name)
@@ -88,7 +89,7 @@ def main():
         emb = net(x[mx.nd.array(chunk.items)])
         emb.attach_grad()
         with autograd.record():
-            total = semi.head(emb, chunk.labels, triplets=chunk.triplets).mean()
+            total = semi.head(emb, chunk.labels, triplets=chunk.triplets).sum()
         total.backward()
         if len(chunk.triplets[0]) == 0:
             padding_losses.append(float(total.asscalar()))
