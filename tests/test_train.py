@@ -20,7 +20,7 @@ def _overrides(rec, out, steps, extra=()):
 
 
 def _params(path):
-    return {k: v.asnumpy() for k, v in mx.nd.load(path).items()}
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
 
 
 def test_horovodrun_two_workers_hold_identical_parameters(sample_rec, tmp_path):

@@ -77,9 +77,30 @@ def broadcast(array, root_rank=0, name=None):
 
 
 def broadcast_parameters(params, root_rank=0):
-    """Make every worker hold rank ``root_rank``'s values of a ParameterDict."""
-    if _hvd is not None and _hvd.size() > 1:
-        _hvd.broadcast_parameters(params, root_rank=root_rank)
+    """Make every worker hold rank ``root_rank``'s values of a ParameterDict.
+
+    Not ``hvd.broadcast_parameters``: its in-place broadcast into oneDNN-backed weights leaves
+    arrays that later make the convolution gradients unreadable ("can't generate TBlob for MKLDNN
+    data"). Broadcasting a plain copy and setting it back avoids that.
+    """
+    if _hvd is None or _hvd.size() == 1:
+        return
+    for name in sorted(params.keys()):
+        param = params[name]
+        value = mx.nd.array(param.data().asnumpy(), dtype=param.dtype)
+        param.set_data(_hvd.broadcast(value, root_rank=root_rank, name=f"param.{name}"))
+
+
+def average_running_stats(params):
+    """Average BatchNorm running means/variances over workers (each rank's are from its own
+    batches) so every rank verifies, saves and exports the same network."""
+    if _hvd is None or _hvd.size() == 1:
+        return
+    for name in sorted(params.keys()):
+        if name.endswith(("running_mean", "running_var")):
+            param = params[name]
+            value = mx.nd.array(param.data().asnumpy(), dtype=param.dtype)
+            param.set_data(_hvd.allreduce(value, average=True, name=f"stats.{name}"))
 
 
 def broadcast_object(obj, root_rank=0, name=None):

@@ -128,6 +128,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     def save(step):
         if hasattr(head, "flush_state"):
             head.flush_state()
+        dist.average_running_stats(params)
         if rank == 0:
             extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch}
             if hasattr(head, "scale"):
@@ -136,6 +137,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                                   keep=config.output.keep)
 
     def verify(step):
+        dist.average_running_stats(params)
         scores = verification(net)
         logger.scalars(step, {f"verification/{name}/accuracy": r["accuracy"] for name, r in scores.items()})
         logger.scalars(step, {f"verification/{name}/xnorm": r["xnorm"] for name, r in scores.items()})
