@@ -4,6 +4,11 @@ The network takes float32 NCHW RGB in 0..255 and normalises inside (as insightfa
 models do), so this module only transposes and casts. Flip fusion follows insightface: the
 embedding of the image plus that of its horizontal mirror ("sum"), or their concatenation.
 """
+import glob
+import os
+import re
+import warnings
+
 import numpy as np
 
 import mxnet as mx
@@ -70,3 +75,59 @@ def embed_images(net, images, batch_size=64, flip="sum", ctx=None, progress=Fals
     columns) or "none" (f(x)).
     """
     return fuse_views(embed_views(net, images, batch_size, flip, ctx, progress), flip)
+
+
+class ModelError(ValueError):
+    """An exported model that cannot be found or loaded; the message names the files."""
+
+
+def parse_model_spec(spec):
+    """"PREFIX[,EPOCH]" -> (symbol file, params file, epoch); EPOCH defaults to the newest
+    ``PREFIX-NNNN.params`` (insightface's convention)."""
+    prefix, _, epoch = spec.partition(",")
+    symbol = f"{prefix}-symbol.json"
+    if not os.path.exists(symbol):
+        raise ModelError(f"{symbol}: model symbol file not found")
+    if epoch:
+        try:
+            epoch = int(epoch)
+        except ValueError:
+            raise ModelError(f"{spec}: EPOCH must be an integer") from None
+    else:
+        epochs = []
+        for path in glob.glob(glob.escape(prefix) + "-*.params"):
+            match = re.fullmatch(r"-(\d+)\.params", path[len(prefix):])
+            if match:
+                epochs.append(int(match.group(1)))
+        if not epochs:
+            raise ModelError(f"{prefix}-NNNN.params: no parameter file next to {symbol}")
+        epoch = max(epochs)
+    params = f"{prefix}-{epoch:04d}.params"
+    if not os.path.exists(params):
+        raise ModelError(f"{params}: parameter file not found")
+    return symbol, params, epoch
+
+
+def auto_context(use_gpu=None):
+    """GPU ``local_rank`` when one exists (and ``use_gpu`` is not False), else CPU."""
+    from ..engine import distributed
+    if use_gpu is False or mx.context.num_gpus() == 0:
+        return mx.cpu()
+    return mx.gpu(distributed.local_rank() % mx.context.num_gpus())
+
+
+def load_exported_model(spec, ctx=None):
+    """An insightface-style exported model (``PREFIX-symbol.json`` + ``PREFIX-%04d.params``, one
+    input named ``data``, float32 NCHW RGB 0..255, first output = embedding) as a SymbolBlock.
+    Returns (net, epoch)."""
+    symbol, params, epoch = parse_model_spec(spec)
+    ctx = ctx or mx.cpu()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = mx.gluon.SymbolBlock.imports(symbol, ["data"], params, ctx=ctx)
+    except Exception as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{symbol}: cannot load with {params} ({message})") from None
+    net.hybridize(static_alloc=True, static_shape=False)
+    return net, epoch
