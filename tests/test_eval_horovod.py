@@ -1,42 +1,29 @@
-"""Distributed evaluate (2 real horovodrun workers) equals the single-process result."""
+"""Distributed evaluation (2 real horovodrun workers) equals the single-process result."""
 import json
 import os
-import subprocess
+import re
 import sys
 
+import mxnet as mx
 import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "workers"))
 
+from conftest import ROOT, run_horovod  # noqa: E402
 from eval_tiny_net import build_tiny_net, random_faces  # noqa: E402
+from recognition.data.binfile import load_bin, write_bin  # noqa: E402
+from recognition.data.record import encode_jpeg  # noqa: E402
 from recognition.evaluation import embed_images, embed_shared, evaluate  # noqa: E402
 
-VENV_BIN = os.path.dirname(sys.executable)
-HOROVODRUN = os.path.join(VENV_BIN, "horovodrun")
 NUM_PAIRS, NUM_ODD = 23, 7
 
 
-def _horovod_available():
-    if not os.path.exists(HOROVODRUN):
-        return False
-    try:
-        import horovod.mxnet  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _horovod_available(), reason="horovod.mxnet / horovodrun not installed")
 def test_distributed_evaluate_equals_single_process(tmp_path):
     out = str(tmp_path / "result.json")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT,
-               PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
-           os.path.join(HERE, "workers", "eval_worker.py"), out, str(NUM_PAIRS), str(NUM_ODD)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_horovod([os.path.join(HERE, "workers", "eval_worker.py"), out, str(NUM_PAIRS), str(NUM_ODD)],
+                       timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = []
     for r in range(2):
@@ -63,3 +50,26 @@ def test_distributed_evaluate_equals_single_process(tmp_path):
     # and embed_shared single-process is plain embed_images
     np.testing.assert_allclose(odd_single, embed_images(net, random_faces(NUM_ODD, seed=4), 3, "concat"),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_verify_tool_under_horovodrun(tmp_path):
+    """tools/verify.py under horovodrun: rank 0 alone prints, the numbers equal one process."""
+    net = build_tiny_net(seed=5)
+    net(mx.nd.zeros((1, 3, 112, 112)))  # export needs one forward pass
+    net.export(str(tmp_path / "tiny"), epoch=1)
+    images = random_faces(2 * 15, seed=6)
+    issame = np.arange(15) % 3 == 0
+    write_bin(str(tmp_path / "t.bin"), [encode_jpeg(im) for im in images], issame)
+    args = [os.path.join(ROOT, "tools", "verify.py"), "--model", str(tmp_path / "tiny"),
+            "--bin", str(tmp_path / "t.bin"), "--json", "--batch-size", "4", "--nfolds", "5", "--no-progress"]
+    proc = run_horovod(args, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # horovodrun prefixes each line with "[RANK]<stdout>:"
+    printed = [re.match(r"^\[(\d+)\]<stdout>:(.*)$", line) for line in proc.stdout.splitlines()]
+    printed = [(m.group(1), m.group(2)) for m in printed if m and m.group(2).strip()]
+    assert [rank for rank, _ in printed] == ["0"], proc.stdout  # rank 0 alone prints
+    result = json.loads(printed[0][1])["t"]
+    images, issame = load_bin(str(tmp_path / "t.bin"))
+    single = evaluate(net, images, issame, batch_size=4, nfolds=5)
+    for key, value in single.items():
+        assert result[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
