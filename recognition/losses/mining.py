@@ -133,7 +133,8 @@ def select_triplets(dist, labels, strategy, margin, rng=None):
     if strategy == "batch_all":
         pair = np.concatenate([p for p, _ in all_parts]) if all_parts else empty
         neg = np.concatenate([n for _, n in all_parts]) if all_parts else empty
-        return _sorted(anchors[pair], positives[pair], neg)
+        # row-major nonzero over (anchor, positive)-sorted pairs: already in (a, p, n) order
+        return tuple(t.astype(np.int64, copy=False) for t in (anchors[pair], positives[pair], neg))
 
     kept = np.nonzero(has_neg)[0]
     if strategy == "batch_random":
@@ -192,7 +193,9 @@ class SemiOnlinePool:
     ``equalize_across_workers=True`` (Horovod) every worker returns the same number of chunks so
     the DistributedTrainer steps stay in lockstep: short workers get padding chunks that re-forward
     up to ``max_images`` pooled images with no triplets (``head`` then returns a zero loss that
-    still back-propagates zero gradients).
+    still back-propagates zero gradients). Meant for the selective strategies (at most one triplet
+    per anchor, as in the paper's Table 4 with batch_min_max); batch_all / batch_random on a large
+    pool give very many chunks.
     """
 
     def __init__(self, size_batches):
