@@ -127,7 +127,7 @@ def run(head, x, y):
     emb = mx.nd.array(x)
     emb.attach_grad()
     with autograd.record():
-        loss = head(emb, mx.nd.array(y))
+        loss = head(emb, y if isinstance(y, mx.nd.NDArray) else mx.nd.array(y))
     loss.backward()
     grads = {name: p.grad().asnumpy() for name, p in head.collect_params().items() if p.grad_req != "null"}
     return loss.asnumpy(), emb.grad.asnumpy(), grads
@@ -469,8 +469,15 @@ def test_adacos_plus_center_updates_both():
 
 def test_git_updates_centres_like_center_loss():
     x, y, w, centers = inputs(seed=13)
-    head = build("git", {"alpha": 0.2}, w, centers)
-    head.update_state(mx.nd.array(x), mx.nd.array(y))
+    head = build("git", {"alpha": 0.2, "lambda_g": 0.9}, w, centers)
+    head.hybridize(static_alloc=True, static_shape=True)
+    labels = mx.nd.array(y)
+    head.update_state(mx.nd.array(x), labels)
+    # the step's loss (labels recorded by update_state) still uses c^t; single-process its pairs
+    # are the batch's own pairs
+    ref = ref_git(x, y, w, centers, 0.01, 0.9, False)
+    np.testing.assert_allclose(run(head, x, labels)[0], ref, rtol=1e-5)
+    np.testing.assert_allclose(run(head, x, y)[0], ref, rtol=1e-5)
     head.flush_state()
     np.testing.assert_allclose(head.centers.data().asnumpy(), loop_center_update(centers, x, y, 0.2), rtol=1e-5)
 

@@ -48,7 +48,9 @@ class CenterLoss(HybridBlock):
         return 0.5 * self.lambda_c * F.sum(F.square(x - F.take(centers, label)), axis=1)
 
     def update_state(self, embeddings, labels):
-        """Apply the pending update (c^t), then record this step's global batch for c^{t+1}."""
+        """Apply the pending update (c^t), then record this step's global batch for c^{t+1}.
+
+        Returns the recorded global batch (embeddings (N, D), labels (N,)), rank order."""
         with autograd.pause():
             self.flush_state()
             x = embeddings.detach().astype("float32").copy()
@@ -56,6 +58,7 @@ class CenterLoss(HybridBlock):
             x = distributed.allgather(x, name=self.name + "_x")
             y = distributed.allgather(y, name=self.name + "_y")
             self._pending = (x, y)
+        return x, y
 
     def flush_state(self):
         """Apply the pending centre update now (call before saving a checkpoint)."""

@@ -9,18 +9,36 @@ Per-sample form returned here (the trainer averages over the batch):
     push_i = mean over j in P_i of 1 / (1 + ||x_i - c_{y_j}||^2),
 with P_i = {j != i} (the paper's pairs) or, with ``exclude_same_label: true``, {j : y_j != y_i}
 (a pair i, j with equal labels would push x_i away from its *own* centre, against the pull term).
+
 Normalisation: the paper's double sum is divided by |P_i| per sample; with the paper's pairs
-|P_i| = B - 1 for every i, so the batch mean is exactly the mean over all ordered pairs. push_i = 0
-when P_i is empty. Centres are constants in the gradient and follow the centre-loss update rule
+|P_i| = N - 1 for every i, so the batch mean is exactly the mean over all ordered pairs. push_i = 0
+when P_i is empty.
+
+Which batch the pairs j run over: the push of x_i needs only the *labels* y_j of the other samples
+(the centres are identical on every rank), so under Horovod j runs over the global batch of all
+workers, using the labels ``update_state`` allgathers for the centre update anyway. A loss call
+uses them when its ``labels`` are the very NDArray given to the last ``update_state`` (the trainer's
+order); any other call (no update_state, other labels) pairs within its own batch. Single-process
+both are the same, and the distributed result equals the single-process one on the concatenated
+batch.
+
+Centres are constants in the gradient and follow the centre-loss update rule
 (:mod:`recognition.losses.center`, reused, not copied). Squared distances use
-||x||^2 + ||c||^2 - 2 x.c (a (B, B) matrix, no (B, B, D) tensor), clipped at 0 against round-off.
+||x||^2 + ||c||^2 - 2 x.c (a (B, N) matrix, no (B, N, D) tensor), clipped at 0 against round-off.
 """
+import mxnet as mx
+
+from ..engine import distributed
 from .center import CenterLoss, WithCenterLoss
 from .softmax import SoftmaxLoss
 
 
 class PullPushTerm(CenterLoss):
-    """Center loss ("pull") plus lambda_g times the Git "push" term, sharing the same centres."""
+    """Center loss ("pull") plus lambda_g times the Git "push" term, sharing the same centres.
+
+    Called as ``term(x, label, pair_labels, offset)``: the pairs j run over ``pair_labels`` (N,),
+    and local sample i is number ``offset + i`` among them (for the i != j exclusion).
+    """
 
     def __init__(self, num_classes, embedding_size, lambda_c, lambda_g, alpha, exclude_same_label,
                  prefix=None, params=None):
@@ -30,17 +48,18 @@ class PullPushTerm(CenterLoss):
             raise ValueError("git loss needs lambda_g >= 0, got %g" % self.lambda_g)
         self.exclude_same_label = bool(exclude_same_label)
 
-    def hybrid_forward(self, F, x, label, centers):
+    def hybrid_forward(self, F, x, label, pair_labels, offset, centers):
         pull = super().hybrid_forward(F, x, label, centers)
-        c = F.take(centers, label)
+        c = F.take(centers, pair_labels)
         sq_dist = F.relu(F.broadcast_add(F.sum(F.square(x), axis=1, keepdims=True),
                                          F.expand_dims(F.sum(F.square(c), axis=1), axis=0))
-                         - 2.0 * F.dot(x, c, transpose_b=True))                      # (B, B): x_i vs c_{y_j}
-        if self.exclude_same_label:
-            excluded = F.broadcast_equal(F.expand_dims(label, 1), F.expand_dims(label, 0))
-        else:
-            index = F.contrib.arange_like(label, axis=0)
-            excluded = F.broadcast_equal(F.expand_dims(index, 1), F.expand_dims(index, 0))
+                         - 2.0 * F.dot(x, c, transpose_b=True))                      # (B, N): x_i vs c_{y_j}
+        own = F.broadcast_add(F.contrib.arange_like(label, axis=0), offset)   # global index of x_i
+        excluded = F.broadcast_equal(F.expand_dims(own, 1),                   # j == i
+                                     F.expand_dims(F.contrib.arange_like(pair_labels, axis=0), 0))
+        if self.exclude_same_label:                                           # y_j == y_i (includes j == i)
+            excluded = F.maximum(excluded, F.broadcast_equal(F.expand_dims(label, 1),
+                                                             F.expand_dims(pair_labels, 0)))
         pairs = 1.0 - excluded
         push = F.sum(pairs / (1.0 + sq_dist), axis=1) / F.maximum(F.sum(pairs, axis=1), 1.0)
         return pull + self.lambda_g * push
@@ -57,3 +76,22 @@ class GitLoss(WithCenterLoss):
         super().__init__(SoftmaxLoss(num_classes, embedding_size, bias=bias),
                          PullPushTerm(num_classes, embedding_size, lambda_c, lambda_g, alpha, exclude_same_label),
                          prefix=prefix, params=params)
+        self._pairs = None  # (labels given to update_state, global labels, offset of this rank)
+
+    def update_state(self, embeddings, labels):
+        _, global_labels = self.center.update_state(embeddings, labels)
+        with mx.autograd.pause():
+            sizes = distributed.allgather(mx.nd.array([labels.shape[0]], ctx=labels.context),
+                                          name=self.name + "_sizes")
+            offset = sizes[:distributed.rank()].sum() if distributed.rank() else mx.nd.zeros((1,), ctx=labels.context)
+        self._pairs = (labels, global_labels, offset.reshape((1,)))
+
+    def forward(self, x, label):
+        if self._pairs is not None and self._pairs[0] is label:
+            pair_labels, offset = self._pairs[1], self._pairs[2]
+        else:
+            pair_labels, offset = label, mx.nd.zeros((1,), ctx=label.context)
+        return super().forward(x, label, pair_labels, offset)
+
+    def hybrid_forward(self, F, x, label, pair_labels, offset):
+        return self.head(x, label) + self.center(x, label, pair_labels, offset)
