@@ -12,11 +12,8 @@ Mining pools (``pool=``):
   together, so selection sees P x workers identities and equals single-process mining on the
   concatenated batch. The gathered copy is a constant: each worker computes the loss of *all*
   selected triplets (the returned values are identical on every worker) but its gradient flows
-  only into its own rows, so the sum over workers of the gradients equals the single-process
-  gradient of the concatenated batch. ``hvd.DistributedTrainer`` averages (sum / workers), so a
-  step with the local batch size reproduces a single-process step with the global batch size,
-  just as for the per-sample heads. ``batch_random`` needs the same ``seed`` on every worker
-  (the default);
+  only into its own rows (gradient scaling: see below). ``batch_random`` needs the same ``seed``
+  on every worker (the default);
 * ``semi_online``  -- ``self.semi_online_pool`` (a ``mining.SemiOnlinePool``) collects
   ``pool_batches`` batches forwarded without gradient; ``select_pool()`` mines them and returns
   chunks whose images the trainer forwards again and passes to ``head`` with ``triplets=``.
