@@ -222,9 +222,12 @@ def test_registry_names_and_errors():
         get_loss("km", num_classes=C, embedding_size=D, beta=1)
     with pytest.raises(ValueError, match="in 'center'.*accepted: lambda_c, alpha"):
         get_loss("km", num_classes=C, embedding_size=D, center={"lambda": 1})
-    with pytest.raises(ValueError, match="already has class centres"):
+    with pytest.raises(ValueError, match="does not accept a 'center' entry.*lambda_c"):
         get_loss("git", num_classes=C, embedding_size=D, center={})
-    arc, cos = get_loss("arcface", num_classes=C, embedding_size=D), get_loss("cosface", num_classes=C, embedding_size=D)
+    with pytest.raises(ValueError, match="does not accept a 'center' entry.*heads that do: .*km"):
+        get_loss("triplet", num_classes=C, embedding_size=D, center={})
+    arc = get_loss("arcface", num_classes=C, embedding_size=D)
+    cos = get_loss("cosface", num_classes=C, embedding_size=D)
     assert (arc.s, arc.m1, arc.m2, arc.m3) == (64.0, 1.0, 0.5, 0.0)
     assert (cos.s, cos.m1, cos.m2, cos.m3) == (64.0, 1.0, 0.0, 0.35)
     assert get_loss("arcface", num_classes=C, embedding_size=D, m2=0.4).m2 == 0.4
@@ -241,7 +244,8 @@ def test_weight_shape_eager_and_state_is_non_gradient():
     adacos = get_loss("adacos", num_classes=C, embedding_size=D)
     assert adacos.s.grad_req == "null"
     assert get_loss("l2softmax", num_classes=C, embedding_size=D, alpha=20).alpha.grad_req == "null"
-    assert get_loss("l2softmax", num_classes=C, embedding_size=D, alpha=20, trainable_alpha=True).alpha.grad_req == "write"
+    trainable = get_loss("l2softmax", num_classes=C, embedding_size=D, alpha=20, trainable_alpha=True)
+    assert trainable.alpha.grad_req == "write"
     assert get_loss("center", num_classes=C, embedding_size=D).centers.grad_req == "null"
 
 

@@ -34,8 +34,9 @@ _REGISTRY = {
     "git": ("recognition.losses.git", "GitLoss", {}),
     "triplet": ("recognition.losses.triplet", "TripletLoss", {}),
 }
-# Heads that already hold centres cannot take a second centre term.
-_NO_CENTER_TERM = ("center", "git")
+# Heads that already hold centres cannot take a second centre term; triplet has no classifier
+# (and is not a HybridBlock, which the combinator needs for its children).
+_NO_CENTER_TERM = ("center", "git", "triplet")
 _SIZE_ARGS = ("num_classes", "embedding_size")
 _BLOCK_ARGS = ("self", "prefix", "params")
 
@@ -79,8 +80,9 @@ def get_loss(name, num_classes=None, embedding_size=None, **params):
         raise ValueError("loss %r: unknown parameter(s) %s; accepted: %s"
                          % (key, ", ".join(unknown), ", ".join(allowed) or "(none)"))
     if center is not None and key in _NO_CENTER_TERM:
-        raise ValueError("loss %r already has class centres; a 'center' entry is not accepted "
-                         "(use its lambda_c / alpha parameters)" % key)
+        raise ValueError("loss %r does not accept a 'center' entry (%s); heads that do: %s"
+                         % (key, "it has its own lambda_c / alpha" if key != "triplet" else "no classifier",
+                            ", ".join(k for k in available_losses() if k not in _NO_CENTER_TERM)))
     kwargs.update(params)
     size_kwargs = {"num_classes": num_classes, "embedding_size": embedding_size}
     kwargs.update({k: v for k, v in size_kwargs.items() if k in sizes})
