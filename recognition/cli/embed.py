@@ -25,7 +25,7 @@ class EmbedError(ValueError):
 def list_images(root):
     """Relative paths of the images under ``root``, sorted."""
     found = []
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()
         for name in sorted(files):
             if name.lower().endswith(IMAGE_EXTENSIONS):

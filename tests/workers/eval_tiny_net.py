@@ -28,7 +28,7 @@ class TinyFaceNet(nn.HybridBlock):
 
 def build_tiny_net(seed=0, dim=16, image_size=112):
     """An initialised, hybridised TinyFaceNet with seeded parameters (same in every process)."""
-    net = TinyFaceNet(dim)
+    net = TinyFaceNet(dim, prefix="tinyface_")  # fixed names: every instance exports alike
     net.initialize(ctx=mx.cpu())
     net(mx.nd.zeros((1, 3, image_size, image_size)))  # materialise deferred shapes
     rng = np.random.RandomState(seed)
