@@ -99,7 +99,7 @@ class WithCenterLoss(HybridBlock):
         self.center = center
 
     def __getattr__(self, name):
-        # Only reached when normal lookup fails; never delegate private or our own child names.
+        # Only reached when normal lookup fails (e.g. weight, predict, scale); private names never delegate.
         head = self.__dict__.get("head")
         if head is None or name.startswith("_"):
             raise AttributeError(name)
