@@ -89,6 +89,14 @@ def test_output_shape_default_embedding(name, dim):
     assert np.isfinite(out.asnumpy()).all()
 
 
+def test_mobilefacenet_then_iresnet_in_one_process():
+    """Regression: MXNet 1.9.1's MKL-DNN BatchNorm cache confused the GDC head's (N, 512, 1, 1)
+    BatchNorm with a later 2-D (N, 512) one and crashed; every embedding BatchNorm now runs 4-D."""
+    x = faces(2)
+    assert build("mobilefacenet")(x).asnumpy().shape == (2, 128)
+    assert build("iresnet18")(x).asnumpy().shape == (2, 512)
+
+
 @pytest.mark.parametrize("name", ["iresnet34", "iresnet50", "iresnet100"])
 def test_output_shape_larger_models_symbolic(name):
     out = get_model(name, embedding_size=256)(mx.sym.var("data"))
@@ -137,9 +145,9 @@ def test_prelu_default_alpha_is_quarter():
 
 
 def test_input_is_normalised_inside_the_network():
-    net = build("iresnet18")
+    net = build("mobilefacenet")
     seen = []
-    stem_conv = net.stem[0]
+    stem_conv = net.trunk[0][0]
     stem_conv.register_forward_hook(lambda block, inputs, output: seen.append(inputs[0].asnumpy()))
     x = faces(2)
     net(x)

@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Training throughput of the backbones: samples/s of the full step, hybridized vs imperative.
+
+One step = forward of the backbone, ArcFace loss head over ``--classes`` classes, backward, SGD
+with momentum update, exactly as the trainer does it. Each model is measured hybridized
+(static_alloc + static_shape) and imperatively in the same run, on a fixed synthetic batch of
+112x112 images and, with ``--rec DIR``, on batches read and decoded from a packed .rec by
+recognition.data (RecordDataset + TrainBatches, the training input path).
+
+Achieved GFLOP/s counts a training step as 3 forward passes (forward, backward to the inputs,
+backward to the weights) of the backbone's convolutions and FC layers plus the head's
+(B x D) x (D x C) product, and is set against the float32 matrix-multiply rate of this machine
+measured in the same run (mx.nd.dot of two square matrices), so the two numbers are comparable.
+
+``--micro`` instead times one conv3x3-BN-activation block (64 x 128 x 28 x 28) forward + backward +
+update with each activation formulation (see recognition.models.embedding.PReLU).
+
+Prints one JSON object (also written atomically to ``--json-out``).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default="mobilefacenet,iresnet18",
+                   help="comma-separated recognition.models names (e.g. add iresnet50)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="OpenMP threads for MXNet operators")
+    p.add_argument("--classes", type=int, default=10000, help="classes of the ArcFace head")
+    p.add_argument("--modes", default="hybrid,imperative", help="comma-separated: hybrid, imperative")
+    p.add_argument("--act", default="prelu", help="backbone activation: prelu, prelu_native or relu")
+    p.add_argument("--rec", default=None, help="folder with train.rec/train.idx/property: also time real batches")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads for --rec")
+    p.add_argument("--matmul-size", type=int, default=1024, help="side of the square matrices for the peak")
+    p.add_argument("--micro", action="store_true", help="run the activation micro-benchmark instead")
+    p.add_argument("--json-out", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.modes = [m for m in args.modes.split(",") if m]
+    for mode in args.modes:
+        if mode not in ("hybrid", "imperative"):
+            p.error(f"--modes: unknown mode {mode!r} (hybrid, imperative)")
+    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
+        p.error("--batch-size, --steps and --threads must be positive, --warmup not negative")
+    if args.rec and not os.path.isdir(args.rec):
+        p.error(f"--rec {args.rec}: not a folder")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # MXNet reads the thread count when its engine starts: set it before the import
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import mxnet as mx
+
+    result = {"threads": args.threads, "mxnet": mx.__version__,
+              "matmul_peak_gflops": matmul_gflops(mx, args.matmul_size)}
+    if args.micro:
+        result["activation_micro_ms"] = activation_micro(mx, args)
+    else:
+        result.update(batch_size=args.batch_size, classes=args.classes, steps=args.steps,
+                      warmup=args.warmup, act=args.act, results=throughput(mx, args, result["matmul_peak_gflops"]))
+        result["hybrid_over_imperative"] = ratios(result["results"])
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out:
+        tmp = args.json_out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, args.json_out)
+
+
+def matmul_gflops(mx, n, reps=5):
+    """float32 GEMM rate (2 n^3 flops per product), best of ``reps``."""
+    a = mx.nd.random.uniform(shape=(n, n))
+    b = mx.nd.random.uniform(shape=(n, n))
+    mx.nd.dot(a, b).wait_to_read()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        mx.nd.dot(a, b).wait_to_read()
+        best = min(best, time.perf_counter() - start)
+    return round(2.0 * n ** 3 / best / 1e9, 2)
+
+
+def build(mx, name, act, classes):
+    from recognition.losses import get_loss
+    from recognition.models import default_initializer, get_model
+
+    kwargs = {} if name.startswith("gluoncv:") else {"act": act}
+    net = get_model(name, **kwargs)
+    net.initialize(default_initializer())
+    with mx.autograd.pause():
+        dim = net(mx.nd.zeros((1, 3, 112, 112))).shape[1]
+    head = get_loss("arcface", num_classes=classes, embedding_size=dim)
+    head.initialize(mx.init.Normal(0.01))
+    params = mx.gluon.ParameterDict()
+    params.update(net.collect_params())
+    params.update(head.collect_params())
+    trainer = mx.gluon.Trainer(params, "sgd", {"learning_rate": 0.01, "momentum": 0.9, "wd": 5e-4})
+    return net, head, trainer, dim
+
+
+def synthetic_batches(mx, batch_size, classes, seed=0):
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    data = mx.nd.array(rng.uniform(0, 255, (batch_size, 3, 112, 112)).astype(np.float32))
+    labels = mx.nd.array(rng.randint(0, classes, batch_size).astype(np.float32))
+    while True:
+        yield data, labels
+
+
+def rec_batches(mx, root, batch_size, workers):
+    from recognition.data.dataset import ShardedOrder, TrainBatches
+    from recognition.data.record import RecordDataset
+    dataset = RecordDataset(root)
+    if (dataset.height, dataset.width) != (112, 112):
+        raise SystemExit(f"{dataset.prop_path}: images are {dataset.width}x{dataset.height}, the benchmark needs 112x112")
+    batches = TrainBatches(dataset, ShardedOrder(dataset, batch_size), num_workers=workers, prefetch=4)
+
+    def generate():
+        for data, labels in batches:
+            yield mx.nd.array(data), mx.nd.array(labels)
+    return generate(), dataset.num_classes
+
+
+def train_step(mx, net, head, trainer, batches, batch_size):
+    """One full training step, timed until every pending operation has finished."""
+    start = time.perf_counter()
+    data, labels = next(batches)
+    with mx.autograd.record():
+        loss = head(net(data), labels)
+    loss.backward()
+    trainer.step(batch_size)
+    mx.nd.waitall()
+    elapsed = time.perf_counter() - start
+    if not (loss.asnumpy() == loss.asnumpy()).all():  # NaN: a broken step would flatter the rate
+        raise SystemExit("the loss became NaN")
+    return elapsed
+
+
+def throughput(mx, args, peak):
+    """Modes of one model take their steps in turn (hybrid, imperative, hybrid, ...), so load from
+    other processes on a shared machine falls on both alike; the median step time is reported."""
+    from tqdm import tqdm
+
+    from recognition.models import forward_flops, get_model
+
+    sources = [("synthetic", None)] + ([("rec", args.rec)] if args.rec else [])
+    rows = []
+    for name in args.models:
+        kwargs = {} if name.startswith("gluoncv:") else {"act": args.act}
+        fwd_flops = forward_flops(get_model(name, **kwargs))
+        for source, root in sources:
+            if root:
+                batches, rec_classes = rec_batches(mx, root, args.batch_size, args.workers)
+                classes = max(args.classes, rec_classes)
+            else:
+                classes = args.classes
+                batches = synthetic_batches(mx, args.batch_size, classes)
+            runs = {}
+            for mode in args.modes:
+                net, head, trainer, dim = build(mx, name, args.act, classes)
+                if mode == "hybrid":
+                    net.hybridize(static_alloc=True, static_shape=True)
+                    head.hybridize(static_alloc=True, static_shape=True)
+                runs[mode] = (net, head, trainer)
+            times = {mode: [] for mode in runs}
+            for i in tqdm(range(args.warmup + args.steps), desc=f"{name} {source}", file=sys.stderr, leave=False):
+                for mode, (net, head, trainer) in runs.items():
+                    elapsed = train_step(mx, net, head, trainer, batches, args.batch_size)
+                    if i >= args.warmup:
+                        times[mode].append(elapsed)
+            # training ~ 3 forwards: forward, gradient to the inputs, gradient to the weights
+            step_flops = 3 * args.batch_size * (fwd_flops + 2 * dim * classes)
+            for mode, values in times.items():
+                step_s = sorted(values)[len(values) // 2]
+                gflops = step_flops / step_s / 1e9
+                rows.append({"model": name, "source": source, "mode": mode,
+                             "samples_per_s": round(args.batch_size / step_s, 2),
+                             "step_ms_median": round(step_s * 1000, 1),
+                             "step_ms_min": round(min(values) * 1000, 1),
+                             "forward_gflops_per_image": round(fwd_flops / 1e9, 3),
+                             "achieved_gflops": round(gflops, 2),
+                             "fraction_of_matmul_peak": round(gflops / peak, 3)})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+            del runs
+    return rows
+
+
+def ratios(rows):
+    out = {}
+    by_key = {(r["model"], r["source"], r["mode"]): r["samples_per_s"] for r in rows}
+    for (model, source, mode), rate in by_key.items():
+        if mode == "hybrid" and (model, source, "imperative") in by_key:
+            out[f"{model}/{source}"] = round(rate / by_key[(model, source, "imperative")], 3)
+    return out
+
+
+def activation_micro(mx, args, shape=(64, 128, 28, 28), reps=5):
+    """ms per forward + backward + SGD update of conv3x3-BN-act, hybridized; the variants run in
+    turn each repetition (fair under outside load), median of ``reps``."""
+    from mxnet import autograd, gluon
+    from mxnet.gluon import nn
+    from recognition.models.embedding import make_activation
+
+    x = mx.nd.random.normal(shape=shape)
+    channels = shape[1]
+    blocks = {}
+    for act in (None, "relu", "prelu", "prelu_native"):
+        block = nn.HybridSequential()
+        block.add(nn.Conv2D(channels, 3, padding=1, use_bias=False, in_channels=channels),
+                  nn.BatchNorm(in_channels=channels))
+        if act:
+            block.add(make_activation(act, channels))
+        block.initialize(mx.init.Xavier())
+        block.hybridize(static_alloc=True, static_shape=True)
+        trainer = gluon.Trainer(block.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
+        blocks[act or "conv_bn_only"] = (block, trainer)
+    times = {name: [] for name in blocks}
+    for i in range(reps + 1):
+        for name, (block, trainer) in blocks.items():
+            start = time.perf_counter()
+            with autograd.record():
+                y = block(x)
+            y.backward()
+            trainer.step(shape[0])
+            mx.nd.waitall()
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return {name: round(sorted(v)[len(v) // 2] * 1000, 1) for name, v in times.items()}
+
+
+if __name__ == "__main__":
+    main()
