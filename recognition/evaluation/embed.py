@@ -3,6 +3,7 @@
 The network takes float32 NCHW RGB in 0..255 and normalises inside (as insightface's exported
 models do), so this module only transposes and casts. Flip fusion follows insightface: the
 embedding of the image plus that of its horizontal mirror ("sum"), or their concatenation.
+Also loads insightface-style exported models (``load_exported_model``).
 """
 import glob
 import os
