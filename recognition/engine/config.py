@@ -106,6 +106,11 @@ def _coerce(value, kind, where):
     """Check ``value`` against the dataclass field type (ints are accepted for floats)."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        except ValueError:
+            pass
     origin = typing.get_origin(kind) or kind
     if origin is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -176,19 +181,35 @@ def validate(config, source):
             raise ConfigError(f"{source}: verification.bins: {path} not found")
 
 
+def read_yaml(path, seen=()):
+    """A config file's mapping; ``base: other.yaml`` (relative to the file) is read first and this
+    file's keys are merged over it, so a variant config holds only what differs."""
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections")
+    base = values.pop("base", None)
+    if base:
+        base_values = read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,))
+        if "loss" in values and values["loss"].get("name") != base_values.get("loss", {}).get("name"):
+            base_values.pop("loss", None)  # another head: the base head's params do not apply
+        values = _merge(base_values, values)
+    return values
+
+
 def load_config(path=None, overrides=(), check_files=True):
     """Read ``path`` (YAML), apply ``overrides`` ("a.b=value"), validate, return a Config."""
     config = Config()
     source = path or "<defaults>"
     if path:
-        try:
-            with open(path) as f:
-                values = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        _fill(config, values, source)
+        _fill(config, read_yaml(path), source)
     for text in overrides:
         key, value = parse_override(text)
         if key[:2] == ["loss", "params"] and len(key) > 2:

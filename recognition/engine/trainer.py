@@ -153,7 +153,38 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                     json.dump({"step": step, "scores": scores}, f, indent=1)
         return scores
 
-    nonfinite_in_row, skipped_updates, last_saved = 0, 0, start_step
+    counters = {"nonfinite_in_row": 0, "skipped_updates": 0}
+
+    def update(step, data, label, triplets=None):
+        """One optimizer update on (data, label); returns (loss, embeddings), or None when the
+        gradient was non-finite and the update was skipped (parameters and optimizer untouched)."""
+        with autograd.record():
+            embeddings = net(data)
+            if hasattr(head, "update_state"):
+                head.update_state(embeddings.detach(), label)
+            loss = head(embeddings, label) if triplets is None else head(embeddings, label, triplets)
+        loss.backward()
+        trainer.allreduce_grads()
+        # identical on every rank after the allreduce, so all ranks skip together
+        if not np.isfinite(_global_grad_norm_sq(params)):
+            counters["nonfinite_in_row"] += 1
+            counters["skipped_updates"] += 1
+            logger.scalars(step, {"nonfinite_skipped": counters["skipped_updates"]})
+            logger.message(f"step {step}: non-finite loss or gradient, update skipped "
+                           f"({counters['nonfinite_in_row']} in a row)")
+            if counters["nonfinite_in_row"] >= config.train.max_nonfinite:
+                raise TrainingError(f"{counters['nonfinite_in_row']} non-finite updates in a row at step {step}; "
+                                    f"stopping (last good checkpoint kept in {out_dir}/checkpoints)")
+            return None
+        counters["nonfinite_in_row"] = 0
+        trainer.update(data.shape[0])
+        return loss, embeddings
+
+    # semi-online triplet mining (MassFace Table 4): embeddings of the last N batches, computed
+    # without gradient, form the pool; the mined images are forwarded again for the updates.
+    semi_online = getattr(head, "semi_online_pool", None) is not None
+    last = None
+    last_saved = start_step
     try:
         for step in range(start_step, config.train.max_steps):
             if config.train.deterministic:
@@ -162,35 +193,29 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             data, label = mx.nd.array(data_np, ctx=ctx), mx.nd.array(label_np, ctx=ctx)
             trainer.set_learning_rate(learning_rate(step, base_lr, config.train.max_steps, opt.schedule,
                                                     opt.warmup_steps, opt.lr_steps, opt.lr_factor))
-            with autograd.record():
-                embeddings = net(data)
-                if hasattr(head, "update_state"):
-                    head.update_state(embeddings.detach(), label)
-                loss = head(embeddings, label)
-            loss.backward()
-            trainer.allreduce_grads()
-            # identical on every rank after the allreduce, so all ranks skip together
-            if not np.isfinite(_global_grad_norm_sq(params)):
-                nonfinite_in_row += 1
-                skipped_updates += 1
-                logger.scalars(step, {"nonfinite_skipped": skipped_updates})
-                logger.message(f"step {step}: non-finite loss or gradient, update skipped "
-                               f"({nonfinite_in_row} in a row)")
-                if nonfinite_in_row >= config.train.max_nonfinite:
-                    raise TrainingError(f"{nonfinite_in_row} non-finite updates in a row at step {step}; "
-                                        f"stopping (last good checkpoint kept in {out_dir}/checkpoints)")
-                continue
-            nonfinite_in_row = 0
-            trainer.update(config.data.batch_size)
+            if not semi_online:
+                result = update(step, data, label)
+                last = (result + (label,)) if result else last
+            else:
+                with autograd.predict_mode():
+                    pool_embeddings = net(data)
+                if head.semi_online_pool.add(pool_embeddings, label_np, data_np):
+                    for chunk in head.select_pool(max_images=config.data.batch_size):
+                        chunk_label = mx.nd.array(chunk.labels, ctx=ctx)
+                        result = update(step, mx.nd.array(chunk.items, ctx=ctx), chunk_label, chunk.triplets)
+                        last = (result + (chunk_label,)) if result else last
             done = step + 1
 
-            if done % config.train.log_every == 0 or done == config.train.max_steps:
+            if (done % config.train.log_every == 0 or done == config.train.max_steps) and last:
+                loss, embeddings, loss_label = last
                 values = {"loss": float(loss.mean().asscalar()), "lr": trainer.learning_rate,
                           "epoch": done / batches.steps_per_epoch}
                 if hasattr(head, "predict"):
                     with autograd.pause():
                         predicted = head.predict(embeddings).argmax(axis=1)
-                    values["train_acc"] = float((predicted == label).mean().asscalar())
+                    values["train_acc"] = float((predicted == loss_label).mean().asscalar())
+                if hasattr(head, "last_num_triplets"):
+                    values["triplets"] = head.last_num_triplets
                 if hasattr(head, "scale"):
                     values["scale"] = float(head.scale)
                 if batches.bad_records:
@@ -212,7 +237,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     finally:
         batches.close()
         logger.close()
-    results.update(steps=config.train.max_steps, best=best, skipped_updates=skipped_updates,
+    results.update(steps=config.train.max_steps, best=best, skipped_updates=counters["skipped_updates"],
                    bad_records=batches.bad_records, samples_per_sec=logger.samples_per_sec)
     if rank == 0:
         with open(os.path.join(out_dir, "results.json"), "w") as f:
