@@ -13,6 +13,8 @@ $(STAMP): requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip<25" "setuptools<70"
 	$(PY) -m pip install --quiet -r requirements.txt
+	# onnxruntime's wheels declare numpy>=1.24 but run on 1.23.5 (same C API): no dependency resolution
+	$(PY) -m pip install --quiet --no-deps onnxruntime==1.15.1
 	$(PY) -c "import horovod.mxnet" 2>/dev/null || \
 	  HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	  HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
