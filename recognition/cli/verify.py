@@ -53,7 +53,7 @@ def bin_names(paths):
 
 def format_result(name, r):
     return (f"[{name}] accuracy {100 * r['accuracy']:.2f}% +- {100 * r['accuracy_std']:.2f}%  "
-            f"threshold {r['threshold']:.3f}  XNorm {r['xnorm']:.3f}  "
+            f"threshold {r['threshold']:.3f}  XNorm {r['xnorm']:.4g}  "
             f"TAR@FAR=1e-3 {100 * r['tar_at_far_1e-3']:.2f}%  TAR@FAR=1e-4 {100 * r['tar_at_far_1e-4']:.2f}%  "
             f"AUC {r['auc']:.4f}  EER {100 * r['eer']:.2f}%  ({r['pairs']} pairs)")
 

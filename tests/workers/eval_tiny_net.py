@@ -23,7 +23,8 @@ class TinyFaceNet(nn.HybridBlock):
         x = (x - 127.5) * 0.0078125  # normalisation inside the network, as insightface's models
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.conv2(x))
-        return self.fc(self.pool(x))
+        # an explicit Reshape (as PReLU and flatten layers of real backbones export to)
+        return self.fc(F.reshape(self.pool(x), shape=(0, -1)))
 
 
 def build_tiny_net(seed=0, dim=16, image_size=112):
