@@ -27,6 +27,19 @@ class RecordError(ValueError):
     """A .rec/.idx/property that is malformed; the message names the file and the problem."""
 
 
+def error_line(err):
+    """The informative line of an exception: MXNetError messages start with a C++ traceback
+    ("Traceback (most recent call last):") and end with the actual check that failed."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    last = lines[-1]
+    for prefix in ("MXNetError: ", "mxnet.base.MXNetError: "):
+        if last.startswith(prefix):
+            last = last[len(prefix):]
+    return last
+
+
 def rec_paths(root):
     """(rec, idx, property) paths of a dataset folder."""
     return (os.path.join(root, "train.rec"), os.path.join(root, "train.idx"),
@@ -45,7 +58,10 @@ def decode_jpeg(payload):
     """Encoded image bytes -> RGB uint8 HxWx3, or None when they do not decode."""
     if not payload:
         return None
-    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # some malformed headers raise instead of returning None
+        return None
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -72,6 +88,15 @@ def read_property(path):
 def write_property(path, num_classes, height, width):
     with open(path, "w") as f:
         f.write(f"{num_classes},{height},{width}\n")
+
+
+def _fsync_dir(folder):
+    """Make renames inside ``folder`` durable (the directory entry itself is flushed)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class RecordWriter:
@@ -118,8 +143,13 @@ class RecordWriter:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         # property last: a reader checks all three, and a crash mid-rename leaves no property.
+        # An older pack in the same folder loses its property first, so a crash between the
+        # renames cannot pair the new .rec with the old .idx under a valid-looking property.
+        if os.path.exists(self.final[2]):
+            os.remove(self.final[2])
         for tmp, final in zip(self.tmp, self.final):
             os.replace(tmp, final)
+        _fsync_dir(self.root)
         return num_images, num_ids
 
     def abort(self):
@@ -163,7 +193,10 @@ class RecordDataset:
         header0 = self._header(0)
         if header0.flag <= 0:
             raise RecordError(f"{self.rec_path}: record 0 has no identity range; not an insightface pack")
-        id_first, id_last = (int(v) for v in np.asarray(header0.label).ravel()[:2])
+        id_first, id_last = self._range(0)
+        if id_first < 2 or id_last <= id_first:
+            raise RecordError(f"{self.rec_path}: record 0 says identities are records [{id_first}, {id_last}); "
+                              f"expected images from 1 and at least one identity")
         self.image_indices = np.arange(1, id_first)
         self.identity_ranges = []
         if check:
@@ -205,16 +238,23 @@ class RecordDataset:
             with self._lock:
                 data = self._open().read_idx(index)
         except Exception as err:  # MXNetError on a bad magic number or length
-            raise RecordError(f"{self.rec_path}: record {index} is corrupt ({str(err).splitlines()[0]})") from None
+            raise RecordError(f"{self.rec_path}: record {index} is corrupt ({error_line(err)})") from None
         if not data:
             raise RecordError(f"{self.rec_path}: record {index} is empty or truncated")
-        return mx.recordio.unpack(data)
+        try:
+            return mx.recordio.unpack(data)
+        except Exception as err:  # a damaged header: label count past the record's end, ...
+            raise RecordError(f"{self.rec_path}: record {index} has a corrupt header ({error_line(err)})") from None
 
     def _header(self, index):
         return self.read(index)[0]
 
     def _range(self, index):
-        first, last = (int(v) for v in np.asarray(self._header(index).label).ravel()[:2])
+        label = np.asarray(self._header(index).label).ravel()
+        if label.size < 2 or not np.all(np.isfinite(label[:2])):
+            raise RecordError(f"{self.rec_path}: record {index} should hold an identity range but its "
+                              f"label is {label.tolist()}; header 0 disagrees with the records")
+        first, last = (int(v) for v in label[:2])
         return first, last
 
     def _check(self, id_first, id_last):
@@ -236,6 +276,20 @@ class RecordDataset:
             expected = last
         if expected != id_first:
             raise RecordError(f"{self.rec_path}: identity ranges end at {expected}, images end at {id_first}")
+        self._check_image_size()
+
+    def _check_image_size(self, tries=8):
+        """The first decodable image must have the size ``property`` announces (else every
+        record would be rejected during training, one by one)."""
+        for index in self.image_indices[:tries]:
+            try:
+                image = self.read_image(int(index))[0]
+            except RecordError:
+                continue  # a single corrupt record is the training loop's business
+            if image.shape[:2] != (self.height, self.width):
+                raise RecordError(f"{self.prop_path}: says {self.width}x{self.height} images but record "
+                                  f"{index} of {self.rec_path} is {image.shape[1]}x{image.shape[0]}")
+            return
 
     # -- public ------------------------------------------------------------------------------
     def __len__(self):
@@ -256,7 +310,11 @@ class RecordDataset:
         image = decode_jpeg(payload)
         if image is None:
             raise RecordError(f"{self.rec_path}: record {index} holds no decodable image")
-        return image, label_of(header)
+        try:
+            label = label_of(header)
+        except (ValueError, OverflowError, IndexError):  # NaN / inf / empty label bytes
+            raise RecordError(f"{self.rec_path}: record {index} has an unreadable label {header.label!r}") from None
+        return image, label
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -16,18 +16,24 @@ import shutil
 
 import mxnet as mx
 
+from recognition.data.record import error_line
+
 STATE_PATTERN = re.compile(r"^step-(\d{8})$")
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(folder):
     for name in os.listdir(folder):
         with open(os.path.join(folder, name), "rb") as f:
             os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(folder)
 
 
 def state_dir(out_dir, step):
@@ -51,9 +57,10 @@ def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=()):
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_dir(os.path.dirname(final))  # the rename itself survives a power cut
     except (OSError, mx.base.MXNetError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"checkpoint: saving step {step} to {final} failed ({str(err).splitlines()[0]}); "
+        print(f"checkpoint: saving step {step} to {final} failed ({error_line(err)}); "
               f"previous checkpoints kept", flush=True)
         return None
     prune(out_dir, keep, protect=set(protect) | {final})
@@ -93,9 +100,13 @@ def load_state(folder, net, head, trainer):
             meta = json.load(f)
     except (OSError, ValueError) as err:
         raise ValueError(f"{meta_path}: not a complete checkpoint ({err})") from None
-    net.load_parameters(os.path.join(folder, "net.params"))
-    head.load_parameters(os.path.join(folder, "head.params"))
-    trainer.load_states(os.path.join(folder, "trainer.states"))
+    for name, load in (("net.params", net.load_parameters), ("head.params", head.load_parameters),
+                       ("trainer.states", trainer.load_states)):
+        path = os.path.join(folder, name)
+        try:
+            load(path)
+        except Exception as err:  # MXNetError, Gluon's AssertionError on names/shapes, pickle errors
+            raise ValueError(f"{path}: cannot be loaded ({error_line(err)})") from None
     return meta
 
 
@@ -120,7 +131,7 @@ def export_model(net, prefix, epoch):
         for suffix in ("-symbol.json", f"-{epoch:04d}.params"):
             if os.path.exists(tmp_prefix + suffix):
                 os.remove(tmp_prefix + suffix)
-        print(f"export: writing {prefix} failed ({str(err).splitlines()[0]}); previous export kept", flush=True)
+        print(f"export: writing {prefix} failed ({error_line(err)}); previous export kept", flush=True)
         return None
     return pairs[0][1], pairs[1][1]
 
