@@ -40,16 +40,24 @@ def state_dir(out_dir, step):
     return os.path.join(out_dir, "checkpoints", f"step-{step:08d}")
 
 
-def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=()):
-    """Write the training state of ``step``; returns its folder, or None when saving failed."""
+def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=(), head_params=None, shards_written=False):
+    """Write the training state of ``step``; returns its folder, or None when saving failed.
+
+    ``head_params``: save only these head parameters (a sharded head's replicated ones; each rank
+    has already put its own block in the temporary folder with save_shard: ``shards_written``).
+    """
     final = state_dir(out_dir, step)
     tmp = final + ".tmp"
     try:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
+        if not shards_written:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+            os.makedirs(tmp)
         net.save_parameters(os.path.join(tmp, "net.params"))
-        head.save_parameters(os.path.join(tmp, "head.params"))
+        if head_params is None:
+            head.save_parameters(os.path.join(tmp, "head.params"))
+        else:
+            head_params.save(os.path.join(tmp, "head.params"))
         trainer.save_states(os.path.join(tmp, "trainer.states"))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(dict(meta, step=step), f, indent=1)
@@ -92,22 +100,54 @@ def prune(out_dir, keep, protect=()):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_state(folder, net, head, trainer):
-    """Load a training state written by save_state; returns its meta dict."""
+def load_state(folder, net, head, trainer, head_params=None):
+    """Load a training state written by save_state; returns its meta dict.
+
+    ``head_params``: a sharded head's replicated parameters (its blocks come from load_shard)."""
     meta_path = os.path.join(folder, "meta.json")
     try:
         with open(meta_path) as f:
             meta = json.load(f)
     except (OSError, ValueError) as err:
         raise ValueError(f"{meta_path}: not a complete checkpoint ({err})") from None
-    for name, load in (("net.params", net.load_parameters), ("head.params", head.load_parameters),
+    load_head = head.load_parameters if head_params is None else \
+        (lambda path: head_params.load(path) if list(head_params.keys()) else None)
+    for name, load in (("net.params", net.load_parameters), ("head.params", load_head),
                        ("trainer.states", trainer.load_states)):
-        path = os.path.join(folder, name)
-        try:
-            load(path)
-        except Exception as err:  # MXNetError, Gluon's AssertionError on names/shapes, pickle errors
-            raise ValueError(f"{path}: cannot be loaded ({error_line(err)})") from None
+        _load(os.path.join(folder, name), load)
     return meta
+
+
+def _load(path, load):
+    try:
+        load(path)
+    except Exception as err:  # MXNetError, Gluon's AssertionError on names/shapes, pickle errors
+        raise ValueError(f"{path}: cannot be loaded ({error_line(err)})") from None
+
+
+def prepare_shards(out_dir, step):
+    """Rank 0, before every rank calls save_shard: a fresh temporary folder for ``step``."""
+    tmp = state_dir(out_dir, step) + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+
+
+def save_shard(out_dir, step, rank, params, trainer):
+    """This rank's block of a sharded classifier (and its optimizer state) into the temporary
+    folder of ``step``; rank 0's save_state completes and renames the folder afterwards."""
+    tmp = state_dir(out_dir, step) + ".tmp"
+    params.save(os.path.join(tmp, f"head-shard-rank{rank}.params"))
+    trainer.save_states(os.path.join(tmp, f"head-shard-rank{rank}.states"))
+
+
+def load_shard(folder, rank, params, trainer):
+    path = os.path.join(folder, f"head-shard-rank{rank}.params")
+    if not os.path.exists(path):
+        raise ValueError(f"{folder}: no classifier block for rank {rank}; resume with the number of "
+                         f"workers that wrote the checkpoint")
+    _load(path, params.load)
+    _load(os.path.join(folder, f"head-shard-rank{rank}.states"), trainer.load_states)
 
 
 def export_model(net, prefix, epoch):

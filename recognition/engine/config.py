@@ -39,6 +39,8 @@ class ModelConfig:
 class LossConfig:
     name: str = "arcface"
     params: dict = field(default_factory=dict)
+    sharded: bool = False          # classifier rows split over the Horovod workers (model parallel)
+    sample_ratio: float = 1.0      # < 1: Partial FC, a sampled share of each block's classes per step
 
 
 @dataclass
@@ -164,6 +166,8 @@ def validate(config, source):
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{source}: {key} must be positive, got {value}")
+    if not 0 < config.loss.sample_ratio <= 1:
+        raise ConfigError(f"{source}: loss.sample_ratio must be in (0, 1], got {config.loss.sample_ratio}")
     if config.optimizer.lr <= 0:
         raise ConfigError(f"{source}: optimizer.lr must be positive, got {config.optimizer.lr}")
     if config.data.sampler == "pk" and config.data.batch_size % config.data.images_per_identity:

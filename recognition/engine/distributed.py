@@ -109,9 +109,15 @@ def broadcast_object(obj, root_rank=0, name=None):
     return _hvd.broadcast_object(obj, root_rank=root_rank, name=name)
 
 
+_barriers = [0]
+
+
 def barrier():
+    """Return only when every worker has reached the same barrier (waits on the result: Horovod
+    ops are asynchronous; each barrier has its own name since names must not overlap in flight)."""
     if _hvd is not None and _hvd.size() > 1:
-        _hvd.allreduce(mx.nd.zeros((1,)), name="barrier")
+        _barriers[0] += 1
+        _hvd.allreduce(mx.nd.zeros((1,)), name=f"barrier.{_barriers[0]}").asnumpy()
 
 
 def make_trainer(params, optimizer, optimizer_params):

@@ -18,6 +18,7 @@ from mxnet import autograd
 from recognition.data.dataset import PKOrder, ShardedOrder, TrainBatches
 from recognition.data.record import RecordDataset
 from recognition.losses import get_loss
+from recognition.losses.sharded import get_sharded_loss
 from recognition.models import get_model
 
 from . import checkpoint
@@ -39,20 +40,32 @@ def build_network(config, num_classes, ctx):
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
     with autograd.pause():
         embedding_size = net(mx.nd.zeros((1, 3, 112, 112), ctx=ctx)).shape[1]
-    head = get_loss(config.loss.name, num_classes=num_classes, embedding_size=embedding_size,
-                    **config.loss.params)
-    head.initialize(mx.init.Normal(0.01), ctx=ctx)
+    if config.loss.sharded or config.loss.sample_ratio < 1:
+        head = get_sharded_loss(config.loss.name, num_classes, embedding_size, sample_ratio=config.loss.sample_ratio,
+                                seed=config.train.seed, **config.loss.params)
+        mx.random.seed((config.train.seed + 7919 * (dist.rank() + 1)) % (2 ** 31))  # each block its own rows
+        head.initialize(mx.init.Normal(0.01), ctx=ctx)
+        mx.random.seed(config.train.seed % (2 ** 31))
+    else:
+        head = get_loss(config.loss.name, num_classes=num_classes, embedding_size=embedding_size,
+                        **config.loss.params)
+        head.initialize(mx.init.Normal(0.01), ctx=ctx)
     if config.train.hybridize:
         net.hybridize(static_alloc=True, static_shape=True)
         head.hybridize(static_alloc=True, static_shape=True)
     return net, head, embedding_size
 
 
-def _all_params(net, head):
-    params = mx.gluon.ParameterDict()
-    params.update(net.collect_params())
-    params.update(head.collect_params())
-    return params
+def _split_params(net, head):
+    """(replicated, local): parameters equal on every worker (the network, ordinary heads) and a
+    sharded head's own classifier block, which is neither broadcast nor allreduced."""
+    local = head.local_params() if hasattr(head, "local_params") else mx.gluon.ParameterDict()
+    replicated = mx.gluon.ParameterDict()
+    replicated.update(net.collect_params())
+    for name, param in head.collect_params().items():
+        if name not in local:
+            replicated._params[name] = param
+    return replicated, local
 
 
 def _global_grad_norm_sq(params):
@@ -91,7 +104,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     net, head, embedding_size = build_network(config, dataset.num_classes, ctx)
     if pretrained:
         checkpoint.load_pretrained(net, pretrained)
-    params = _all_params(net, head)
+    params, local_params = _split_params(net, head)
     dist.broadcast_parameters(params)
 
     opt = config.optimizer
@@ -102,11 +115,18 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     if opt.clip_gradient > 0:
         optimizer_params["clip_gradient"] = opt.clip_gradient
     trainer = dist.make_trainer(params, opt.name, optimizer_params)
+    # a sharded classifier block already holds the global batch's gradient: plain local updates
+    local_trainer = mx.gluon.Trainer(local_params, opt.name, dict(optimizer_params), kvstore=None) \
+        if list(local_params.keys()) else None
+    head_params = head.shared_params() if local_trainer else None  # checkpointed by rank 0
 
     start_step, best = 0, {"accuracy": -1.0}
     resume_dir = checkpoint.latest_state(out_dir) if resume == "auto" else resume
     if resume_dir:
-        meta = checkpoint.load_state(resume_dir, net, head, trainer)
+        meta = checkpoint.load_state(resume_dir, net, head, trainer, head_params)
+        if local_trainer:
+            checkpoint.load_shard(resume_dir, rank, local_params, local_trainer)
+            head.set_step(meta["step"])
         start_step, best = meta["step"], meta.get("best", best)
         if rank == 0:
             log(f"resumed from {resume_dir} at step {start_step}")
@@ -129,12 +149,19 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
         if hasattr(head, "flush_state"):
             head.flush_state()
         dist.average_running_stats(params)
+        if local_trainer:  # every rank writes its classifier block, then rank 0 completes the folder
+            if rank == 0:
+                checkpoint.prepare_shards(out_dir, step)
+            dist.barrier()
+            checkpoint.save_shard(out_dir, step, rank, local_params, local_trainer)
+            dist.barrier()
         if rank == 0:
             extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch}
             if hasattr(head, "scale"):
                 extra["scale"] = float(head.scale)
             checkpoint.save_state(out_dir, step, net, head, trainer, dict(meta_base, **extra),
-                                  keep=config.output.keep)
+                                  keep=config.output.keep, head_params=head_params,
+                                  shards_written=bool(local_trainer))
 
     def verify(step):
         dist.average_running_stats(params)
@@ -165,7 +192,8 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             loss = head(embeddings, label) if triplets is None else head(embeddings, label, triplets)
         loss.backward()
         trainer.allreduce_grads()
-        # identical on every rank after the allreduce, so all ranks skip together
+        # identical on every rank after the allreduce, so all ranks skip together (a non-finite
+        # loss anywhere reaches the network's gradients)
         if not np.isfinite(_global_grad_norm_sq(params)):
             counters["nonfinite_in_row"] += 1
             counters["skipped_updates"] += 1
@@ -178,6 +206,8 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             return None
         counters["nonfinite_in_row"] = 0
         trainer.update(data.shape[0])
+        if local_trainer:
+            local_trainer.update(data.shape[0] * world)
         return loss, embeddings
 
     # semi-online triplet mining (MassFace Table 4): embeddings of the last N batches, computed
@@ -191,8 +221,10 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                 mx.random.seed((config.train.seed * 1000003 + step * 7919 + rank) % (2 ** 31))
             data_np, label_np = next(batches)
             data, label = mx.nd.array(data_np, ctx=ctx), mx.nd.array(label_np, ctx=ctx)
-            trainer.set_learning_rate(learning_rate(step, base_lr, config.train.max_steps, opt.schedule,
-                                                    opt.warmup_steps, opt.lr_steps, opt.lr_factor))
+            lr = learning_rate(step, base_lr, config.train.max_steps, opt.schedule, opt.warmup_steps,
+                               opt.lr_steps, opt.lr_factor)
+            for each in (trainer, local_trainer) if local_trainer else (trainer,):
+                each.set_learning_rate(lr)
             if not semi_online:
                 result = update(step, data, label)
                 last = (result + (label,)) if result else last
@@ -210,9 +242,10 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                 loss, embeddings, loss_label = last
                 values = {"loss": float(loss.mean().asscalar()), "lr": trainer.learning_rate,
                           "epoch": done / batches.steps_per_epoch}
-                if hasattr(head, "predict"):
+                if hasattr(head, "predict") or hasattr(head, "predict_class"):
                     with autograd.pause():
-                        predicted = head.predict(embeddings).argmax(axis=1)
+                        predicted = head.predict_class(embeddings) if hasattr(head, "predict_class") \
+                            else head.predict(embeddings).argmax(axis=1)
                     values["train_acc"] = float((predicted == loss_label).mean().asscalar())
                 if hasattr(head, "last_num_triplets"):
                     values["triplets"] = head.last_num_triplets

@@ -11,8 +11,9 @@ from recognition.engine.trainer import train  # noqa: E402
 
 def main():
     save_dir, overrides = sys.argv[1], sys.argv[2:]
-    config = load_config(None, overrides)
-    results, net, head = train(config, return_model=True)
+    resume = "auto" if overrides[:1] == ["--resume"] else None
+    config = load_config(None, overrides[1:] if resume else overrides)
+    results, net, head = train(config, resume=resume, return_model=True)
     net.save_parameters(str(os.path.join(save_dir, f"net-rank{dist.rank()}.params")))
     head.save_parameters(str(os.path.join(save_dir, f"head-rank{dist.rank()}.params")))
     print(f"rank {dist.rank()} of {dist.size()} done at step {results['steps']}", flush=True)
