@@ -72,11 +72,55 @@ def list_lst(lst_path, landmarks_file=None):
                 problems.append(f"{lst_path}:{line_no}: malformed line ({err})")
                 continue
             full = path if os.path.isabs(path) else os.path.join(base, path)
-            if points is None:
+            if points is None and landmarks_file:
                 points = landmarks.get(path)
+                if points is None:  # would be packed unaligned among aligned faces
+                    problems.append(f"{full}: skipped, no row in {landmarks_file}")
+                    continue
             items.append(Item(label, full, points))
     items.sort(key=lambda item: (item.identity, item.path))
     return items, problems
+
+
+def is_truncated_jpeg(data):
+    """True for a JPEG that ends before its end-of-image marker: cut short by an interrupted
+    download or copy. libjpeg decodes such a file without an error (the missing rows come out
+    grey), so OpenCV alone would pack a half-grey face. Walks the marker segments (skipping their
+    payloads, where EXIF thumbnails with their own markers live) and the entropy-coded data of each
+    scan (where 0xFF is followed by 0x00 or a restart marker) until EOI or the end of the bytes."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    if not raw.startswith(b"\xff\xd8"):
+        return False
+    pos, size = 2, len(raw)
+    while True:
+        if pos + 1 >= size:
+            return True
+        if raw[pos] != 0xFF:
+            return False  # not a layout this walk understands: leave the verdict to the decoder
+        marker = raw[pos + 1]
+        if marker == 0xD9:
+            return False  # end of image
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > size:
+            return True
+        pos += 2 + ((raw[pos + 2] << 8) | raw[pos + 3])
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data up to the next real marker
+            while True:
+                pos = raw.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= size:
+                    return True
+                following = raw[pos + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    pos += 2
+                elif following == 0xFF:
+                    pos += 1
+                else:
+                    break
 
 
 def load_face(item, image_size=112, min_size=32):
@@ -84,9 +128,14 @@ def load_face(item, image_size=112, min_size=32):
     data = np.fromfile(item.path, dtype=np.uint8) if os.path.exists(item.path) else None
     if data is None:
         raise ValueError("file not found")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
         raise ValueError("not a readable image (corrupt or unknown format)")
+    if is_truncated_jpeg(data):
+        raise ValueError("truncated JPEG (no end-of-image marker after the last scan)")
     if min(image.shape[:2]) < min_size:
         raise ValueError(f"image too small ({image.shape[1]}x{image.shape[0]}, minimum {min_size})")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -110,7 +159,8 @@ def pack(src, out, landmarks=None, min_images=1, workers=1, quality=95, image_si
     Unreadable images, missing landmark rows (with a landmarks file) and malformed .lst lines are
     skipped with one warning each; ``strict`` turns the first of them into a PackError.
     """
-    warn = warn or (lambda message: print("warning: " + message, file=sys.stderr))
+    # tqdm.write keeps each warning on its own line while the progress bar is drawn
+    warn = warn or (lambda message: tqdm.write("warning: " + message, file=sys.stderr))
     if os.path.isdir(src):
         items, problems = list_folder(src, landmarks)
         if landmarks:
