@@ -7,8 +7,10 @@ depend only on (seed, epoch, position), never on thread timing, so a run resumed
 exactly the batches an uninterrupted run sees.
 
 Decoding (OpenCV, GIL released) runs in a thread pool with batches prefetched in the background.
-A corrupt record is replaced by another image of the same batch, counted and logged; when the
-share of corrupt records passes ``max_bad_share`` the iterator raises.
+A corrupt record (unreadable, undecodable, wrong size, label outside the classes) is replaced by
+another image of the same batch, counted once and logged once however many epochs meet it; when
+the number of distinct corrupt records passes ``max_bad_share`` of the dataset's images the
+iterator raises.
 """
 import queue
 import sys
@@ -74,13 +76,19 @@ class TrainBatches:
         self.dataset, self.order, self.flip = dataset, order, flip
         self.num_workers, self.prefetch, self.max_bad_share = num_workers, prefetch, max_bad_share
         self.step = start_step
-        self.bad_records, self.seen_records = 0, 0
+        self.seen_records = 0
+        self.bad = {}  # record index -> problem, each corrupt record once
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self._pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
         self._queue = queue.Queue(maxsize=max(prefetch, 1))
         self._stop = threading.Event()
         self._thread = None
         self._epoch_cache = (None, None)
+
+    @property
+    def bad_records(self):
+        """Distinct corrupt records met so far."""
+        return len(self.bad)
 
     @property
     def steps_per_epoch(self):
@@ -94,6 +102,9 @@ class TrainBatches:
         if image.shape[0] != self.dataset.height or image.shape[1] != self.dataset.width:
             return None, f"{self.dataset.rec_path}: record {index} is {image.shape[1]}x{image.shape[0]}, " \
                          f"property says {self.dataset.width}x{self.dataset.height}"
+        if not 0 <= label < self.dataset.num_classes:  # the loss would index outside its classifier
+            return None, f"{self.dataset.rec_path}: record {index} has label {label}, outside the " \
+                         f"{self.dataset.num_classes} classes of {self.dataset.prop_path}"
         if do_flip:
             image = image[:, ::-1]
         return (image.transpose(2, 0, 1), label), None
@@ -111,9 +122,10 @@ class TrainBatches:
         good = [r for r, _ in results if r is not None]
         problems = [p for _, p in results if p is not None]
         self.seen_records += len(results)
-        for problem in problems:
-            self.bad_records += 1
-            self.log(f"skipped corrupt record: {problem}")
+        for index, (result, problem) in zip(indices, results):
+            if problem is not None and int(index) not in self.bad:
+                self.bad[int(index)] = problem
+                self.log(f"skipped corrupt record: {problem}")
         if problems and self.bad_records > self.max_bad_share * len(self.dataset):
             raise TooManyBadRecords(
                 f"{self.dataset.rec_path}: {self.bad_records} corrupt records met, more than "
