@@ -8,24 +8,27 @@ is still computed over *all* C classes for every sample of the *global* batch:
 1. every rank gathers the embeddings X (B, D) and labels (B,) of all ranks (allgather);
 2. it computes the logits of the global batch against its own block, z (B, C_r). The head's target
    transform (ArcFace/CosFace/combined margin) is applied on the rank that owns the target class;
-3. the global per-sample maximum m is the max of every rank's row maxima (an allgather of a
-   (1, B) row per rank, exact and overflow-free); then one allreduce_sum of the stacked pair
-   (sum_j exp(z_j - m), owned target logit) gives the global sum-exp S and target logit z_y;
-4. log p = z_y - m - log S for every sample; the head's loss phi(log p) (-log p for the softmax
+3. per sample, its block's log-sum-exp lse_r = log sum_{j in block} exp(z_j) (from MXNet's fused,
+   stable log_softmax) and, on the owning rank, the target logit z_y (0 elsewhere); one allgather
+   of these (size, 2, B) rows gives every rank lse = log sum_r exp(lse_r) (shifted by the max over
+   r, so nothing overflows) and z_y = sum_r of the target parts;
+4. log p = z_y - lse for every sample; the head's loss phi(log p) (-log p for the softmax
    family, the Knot Magnify weighting for ``km``); each rank returns the rows of its own samples,
    so the head keeps the contract ``head(embeddings, labels) -> (b,)`` of the unsharded heads.
 
-Autograd design. Only the two collectives on the gradient path are custom ``mx.autograd.Function``s;
+Autograd design. The collectives on the gradient path are a custom ``mx.autograd.Function``;
 everything local (normalisation, margins, scale, exp, log, the loss) is ordinary recorded MXNet,
 so the formulas are differentiated by MXNet exactly as in the unsharded heads. The global objective
 is sum over ranks of each rank's own samples' losses, i.e. every sample counted once:
 
-* ``_AllGather`` (x_r -> X): backward is allreduce_sum of every rank's dL/dX, then this rank's rows.
-  Rank q's dL/dX holds the part of every sample's gradient that flows through q's class block, so
-  the sum over ranks is the full gradient of each sample's loss w.r.t. its embedding.
-* ``_AllReduceSum`` (parts -> sum, replicated): backward is allreduce_sum of the incoming gradients
-  (each rank's is non-zero only on its own samples' rows, so the sum is the full vector).
-* the maximum m is detached: log p does not depend on the shift (d log p / d m = 0 exactly).
+* ``_AllGather`` (rows of each rank -> all rows, replicated), used twice: for the embeddings
+  (x_r -> X) and for the (lse_r, target part) rows. Its backward is allreduce_sum of every rank's
+  gradient w.r.t. the gathered rows, then this rank's rows. Rank q's dL/dX holds the part of every
+  sample's gradient that flows through q's class block (and q's gradient w.r.t. the gathered
+  (lse, target) rows is non-zero only for q's own samples), so the sum over ranks is the full
+  gradient of each sample's loss.
+* the shifts (row maximum, max over ranks of lse_r) are detached: the log-sum-exp does not depend
+  on them.
 
 The weight block is an ordinary Parameter used only here, so its gradient is the gradient of the
 *global* batch's loss w.r.t. those rows, computed on its rank alone.
@@ -48,7 +51,9 @@ classes of its block up to ceil(r * C_r) (all positives even when there are more
 computes the logits against those rows only (``take``: only they get gradients). The softmax is
 then over the union of the ranks' sampled classes. The sample depends only on (seed, rank, step);
 ``set_step`` sets the step counter on resume. Sampling happens only in training mode
-(``autograd.is_training()``); the loss outside training uses all classes.
+(``autograd.is_training()``); the loss outside training uses all classes. The unsampled rows get a
+zero gradient; an optimizer with momentum or weight decay still moves them, as in arcface_torch's
+PartialFC_V2 (the memory saving is in the logits, B x r C_r instead of B x C_r).
 
 Supported heads: softmax (with optional bias), margin / arcface / cosface, l2softmax (fixed or
 trainable alpha), adacos (fixed or dynamic; the dynamic scale is estimated on the global batch over
@@ -127,21 +132,6 @@ class _AllGather(autograd.Function):
     def backward(self, dy):
         total = distributed.allreduce_sum(dy, name=self.name + ".grad")
         return total[self.offset:self.offset + self.rows]
-
-
-class _AllReduceSum(autograd.Function):
-    """Sum over ranks, replicated; its gradient is the sum over ranks of the incoming gradients."""
-
-    def __init__(self, name):
-        super().__init__()
-        self.name = name
-
-    def forward(self, x):
-        out = distributed.allreduce_sum(x, name=self.name)
-        return out.copy() if out is x else out
-
-    def backward(self, dy):
-        return distributed.allreduce_sum(dy, name=self.name + ".grad")
 
 
 class ShardedClassifier(Block):
@@ -319,11 +309,20 @@ class ShardedClassifier(Block):
         self.last_sampled = None if sampled is None else sampled + self.start
         local_label, owned = self._targets(Y, sampled)
         z = self._logits(self._scores(X, W, bias), local_label, owned)
-        m = self._global_max(z, ".max")
-        sum_exp = nd.exp(nd.broadcast_sub(z, m.expand_dims(1))).sum(axis=1)
+        # This block's log-sum-exp per sample from the fused, stable log_softmax, read at the row's
+        # maximum (where log_softmax is in [-log n, 0], so z - log_softmax loses no precision).
+        log_sm = nd.log_softmax(z, axis=1)
+        with autograd.pause():
+            top = z.detach().argmax(axis=1)
+        lse_block = nd.pick(z, top, axis=1) - nd.pick(log_sm, top, axis=1)
         target = nd.pick(z, local_label, axis=1) * owned
-        totals = _AllReduceSum(self.name + ".sums")(nd.stack(sum_exp, target))
-        log_p = totals[1] - m - nd.log(totals[0])
+        # one collective: every rank's (log-sum-exp, owned target logit) rows, (size, 2, B)
+        parts = _AllGather(self.rank, self.name + ".parts")(nd.stack(lse_block, target).expand_dims(0))
+        lse_parts = parts[:, 0, :]
+        with autograd.pause():
+            top_lse = lse_parts.max(axis=0)  # shift only: the result does not depend on it
+        lse = top_lse + nd.log(nd.exp(nd.broadcast_sub(lse_parts, top_lse.expand_dims(0))).sum(axis=0))
+        log_p = parts[:, 1, :].sum(axis=0) - lse
         return self._loss_of_log_p(log_p)[offset:offset + embeddings.shape[0]]
 
     # ------------------------------------------------------------------ state and prediction
