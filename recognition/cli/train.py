@@ -5,6 +5,7 @@
 """
 import argparse
 import json
+import os
 
 from recognition.engine.config import ConfigError, load_config
 
@@ -32,6 +33,8 @@ def main(argv=None):
         config = load_config(args.config, args.set, check_files=not args.print_config)
     except ConfigError as err:
         raise SystemExit(f"train: {err}")
+    if config.train.threads:  # read by MXNet's engine when it starts, so before importing mxnet
+        os.environ["OMP_NUM_THREADS"] = str(config.train.threads)
     if args.print_config:
         from recognition.engine.config import to_dict
         print(json.dumps(to_dict(config), indent=1))

@@ -65,7 +65,7 @@ class TrainConfig:
     hybridize: bool = True
     deterministic: bool = False    # no data threads, fixed order: resumed == uninterrupted
     max_nonfinite: int = 5         # consecutive non-finite losses/gradients before stopping
-    threads: int = 0               # OMP threads per worker (0: MXNet default)
+    threads: int = 0               # OMP threads per worker (0: the environment, OMP_NUM_THREADS); tools/train.py sets it before MXNet starts
 
 
 @dataclass

@@ -84,8 +84,6 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     (results, net, head) with ``return_model``."""
     dist.init()
     rank, world = dist.rank(), dist.size()
-    if config.train.threads:
-        os.environ["OMP_NUM_THREADS"] = str(config.train.threads)
     ctx = mx.cpu()
     out_dir = config.output.dir
     if rank == 0:
