@@ -77,7 +77,7 @@ def main(argv=None):
         os.replace(tmp, args.json_out)
 
 
-def matmul_gflops(mx, n, reps=5):
+def matmul_gflops(mx, n, reps=10):
     """float32 GEMM rate (2 n^3 flops per product), best of ``reps``."""
     a = mx.nd.random.uniform(shape=(n, n))
     b = mx.nd.random.uniform(shape=(n, n))
@@ -132,66 +132,87 @@ def rec_batches(mx, root, batch_size, workers):
 
 
 def train_step(mx, net, head, trainer, batches, batch_size):
-    """One full training step, timed until every pending operation has finished."""
-    start = time.perf_counter()
+    """One full training step, timed until every pending operation has finished:
+    (wall seconds, CPU seconds of this process over all its threads)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     data, labels = next(batches)
     with mx.autograd.record():
         loss = head(net(data), labels)
     loss.backward()
     trainer.step(batch_size)
     mx.nd.waitall()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if not (loss.asnumpy() == loss.asnumpy()).all():  # NaN: a broken step would flatter the rate
         raise SystemExit("the loss became NaN")
-    return elapsed
+    return elapsed, cpu
 
 
 def throughput(mx, args, peak):
-    """Modes of one model take their steps in turn (hybrid, imperative, hybrid, ...), so load from
-    other processes on a shared machine falls on both alike; the median step time is reported."""
+    """Each (model, source, mode) is built, warmed up and timed in turn, then freed: a network
+    trained imperatively keeps every intermediate array, so two at once would double the memory
+    (iresnet18 at batch 64 needs several GB). cpu_s_per_step tells when outside load skewed a row."""
+    import gc
+    import resource
+
     from tqdm import tqdm
 
     from recognition.models import forward_flops, get_model
 
+    from recognition.data.record import RecordError
+
     sources = [("synthetic", None)] + ([("rec", args.rec)] if args.rec else [])
+    flops = {}
+    for name in args.models:  # every name checked before the first long measurement
+        kwargs = {} if name.startswith("gluoncv:") else {"act": args.act}
+        try:
+            flops[name] = forward_flops(get_model(name, **kwargs))
+        except ValueError as err:
+            raise SystemExit(f"--models {name}: {err}") from None
+    if args.rec:
+        try:
+            rec_batches(mx, args.rec, args.batch_size, 0)
+        except RecordError as err:
+            raise SystemExit(f"--rec: {err}") from None
     rows = []
     for name in args.models:
-        kwargs = {} if name.startswith("gluoncv:") else {"act": args.act}
-        fwd_flops = forward_flops(get_model(name, **kwargs))
+        fwd_flops = flops[name]
         for source, root in sources:
-            if root:
-                batches, rec_classes = rec_batches(mx, root, args.batch_size, args.workers)
-                classes = max(args.classes, rec_classes)
-            else:
-                classes = args.classes
-                batches = synthetic_batches(mx, args.batch_size, classes)
-            runs = {}
             for mode in args.modes:
+                if root:
+                    batches, rec_classes = rec_batches(mx, root, args.batch_size, args.workers)
+                    classes = max(args.classes, rec_classes)
+                else:
+                    classes = args.classes
+                    batches = synthetic_batches(mx, args.batch_size, classes)
                 net, head, trainer, dim = build(mx, name, args.act, classes)
                 if mode == "hybrid":
                     net.hybridize(static_alloc=True, static_shape=True)
                     head.hybridize(static_alloc=True, static_shape=True)
-                runs[mode] = (net, head, trainer)
-            times = {mode: [] for mode in runs}
-            for i in tqdm(range(args.warmup + args.steps), desc=f"{name} {source}", file=sys.stderr, leave=False):
-                for mode, (net, head, trainer) in runs.items():
-                    elapsed = train_step(mx, net, head, trainer, batches, args.batch_size)
+                walls, cpus = [], []
+                for i in tqdm(range(args.warmup + args.steps), desc=f"{name} {source} {mode}", file=sys.stderr,
+                              leave=False):
+                    wall, cpu = train_step(mx, net, head, trainer, batches, args.batch_size)
                     if i >= args.warmup:
-                        times[mode].append(elapsed)
-            # training ~ 3 forwards: forward, gradient to the inputs, gradient to the weights
-            step_flops = 3 * args.batch_size * (fwd_flops + 2 * dim * classes)
-            for mode, values in times.items():
-                step_s = sorted(values)[len(values) // 2]
-                gflops = step_flops / step_s / 1e9
+                        walls.append(wall)
+                        cpus.append(cpu)
+                del net, head, trainer, batches
+                gc.collect()
+                step_s, cpu_s = sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
+                # training ~ 3 forwards: forward, gradient to the inputs, gradient to the weights
+                gflops = 3 * args.batch_size * (fwd_flops + 2 * dim * classes) / step_s / 1e9
                 rows.append({"model": name, "source": source, "mode": mode,
                              "samples_per_s": round(args.batch_size / step_s, 2),
                              "step_ms_median": round(step_s * 1000, 1),
-                             "step_ms_min": round(min(values) * 1000, 1),
+                             "step_ms_min": round(min(walls) * 1000, 1),
+                             # CPU seconds per step over all threads; well below threads x wall
+                             # time means other processes took the cores (a pessimistic figure)
+                             "cpu_s_per_step": round(cpu_s, 2),
+                             "cpu_utilisation": round(cpu_s / step_s / args.threads, 2),
                              "forward_gflops_per_image": round(fwd_flops / 1e9, 3),
                              "achieved_gflops": round(gflops, 2),
-                             "fraction_of_matmul_peak": round(gflops / peak, 3)})
+                             "fraction_of_matmul_peak": round(gflops / peak, 3),
+                             "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024})
                 print(json.dumps(rows[-1]), file=sys.stderr)
-            del runs
     return rows
 
 
@@ -206,7 +227,7 @@ def ratios(rows):
 
 def activation_micro(mx, args, shape=(64, 128, 28, 28), reps=5):
     """ms per forward + backward + SGD update of conv3x3-BN-act, hybridized; the variants run in
-    turn each repetition (fair under outside load), median of ``reps``."""
+    turn each repetition (fair under outside load), median of ``reps``, wall-clock and CPU time."""
     from mxnet import autograd, gluon
     from mxnet.gluon import nn
     from recognition.models.embedding import make_activation
@@ -224,18 +245,20 @@ def activation_micro(mx, args, shape=(64, 128, 28, 28), reps=5):
         block.hybridize(static_alloc=True, static_shape=True)
         trainer = gluon.Trainer(block.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
         blocks[act or "conv_bn_only"] = (block, trainer)
-    times = {name: [] for name in blocks}
+    times = {name: ([], []) for name in blocks}
     for i in range(reps + 1):
         for name, (block, trainer) in blocks.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             with autograd.record():
                 y = block(x)
             y.backward()
             trainer.step(shape[0])
             mx.nd.waitall()
             if i:
-                times[name].append(time.perf_counter() - start)
-    return {name: round(sorted(v)[len(v) // 2] * 1000, 1) for name, v in times.items()}
+                times[name][0].append(time.perf_counter() - start)
+                times[name][1].append(time.process_time() - cpu_start)
+    median = lambda v: round(sorted(v)[len(v) // 2] * 1000, 1)  # noqa: E731
+    return {name: {"wall_ms": median(wall), "cpu_ms": median(cpu)} for name, (wall, cpu) in times.items()}
 
 
 if __name__ == "__main__":
