@@ -190,9 +190,13 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             loss = head(embeddings, label) if triplets is None else head(embeddings, label, triplets)
         loss.backward()
         trainer.allreduce_grads()
-        # identical on every rank after the allreduce, so all ranks skip together (a non-finite
-        # loss anywhere reaches the network's gradients)
-        if not np.isfinite(_global_grad_norm_sq(params)):
+        # identical on every rank after the allreduce, so all ranks skip together; a sharded
+        # classifier block's gradient is per rank, so its norm is summed over the ranks first
+        norm_sq = _global_grad_norm_sq(params)
+        if local_trainer:
+            local_sq = mx.nd.array([_global_grad_norm_sq(local_params)], dtype="float64")
+            norm_sq += float(dist.allreduce_sum(local_sq, name="local_grad_norm").asscalar())
+        if not np.isfinite(norm_sq):
             counters["nonfinite_in_row"] += 1
             counters["skipped_updates"] += 1
             logger.scalars(step, {"nonfinite_skipped": counters["skipped_updates"]})
