@@ -33,6 +33,7 @@ class ModelConfig:
     name: str = "mobilefacenet"
     embedding_size: int = 0        # 0: the network's default (128 MobileFaceNet, 512 IResNet)
     dropout: float = 0.0
+    params: dict = field(default_factory=dict)  # more get_model options, e.g. {scale: 2}, {act: relu}
 
 
 @dataclass

@@ -33,7 +33,7 @@ class TrainingError(RuntimeError):
 
 def build_network(config, num_classes, ctx):
     """Embedding network and loss head, initialised (deferred shapes resolved) and hybridized."""
-    kwargs = {"dropout": config.model.dropout}
+    kwargs = dict(config.model.params, dropout=config.model.dropout)
     if config.model.embedding_size:
         kwargs["embedding_size"] = config.model.embedding_size
     net = get_model(config.model.name, **kwargs)
