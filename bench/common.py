@@ -1,0 +1,291 @@
+"""Shared plumbing of the comparison benchmarks (compare_losses.py, compare_mining.py, mnist_git.py).
+
+* A deterministic, leak-free LFW split: some people are held out for verification pairs, the
+  others are packed for training with ``recognition.data.pack.pack`` (aligned with the five
+  landmarks) and the held-out pairs become a ``.bin`` through ``tools/make_bin.py``.
+* One training run with the project's real trainer (``recognition.engine.trainer.train``) from a
+  project config plus ``--set``-style overrides.
+* Reading back the trainer's own mxboard scalars (samples/s of every log interval).
+* JSON + Markdown output, written atomically.
+
+``set_threads`` must run before MXNet is imported (MXNet reads OMP_NUM_THREADS when its engine
+starts), so nothing here imports MXNet at module level.
+"""
+import glob
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LFW_DEVTRAIN = "/work/shared/data/lfw-devtrain"
+LFW_SAMPLE = os.path.join(REPO, "tests", "data", "lfw_sample")
+DEFAULT_WORK_DIR = os.path.join(REPO, "work_dirs", "bench")
+RESULTS_DIR = os.path.join(REPO, "bench", "results")
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def set_threads(threads):
+    """OpenMP threads of MXNet's operators; call before the first ``import mxnet``."""
+    if "mxnet" in sys.modules:
+        raise RuntimeError("set_threads must be called before mxnet is imported")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # do not spin on a shared machine
+    os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
+
+
+def add_split_args(parser):
+    """The options that define the LFW split (shared so both face benchmarks use the same one)."""
+    parser.add_argument("--data", default=LFW_DEVTRAIN,
+                        help="LFW-style folder (images/NAME/NAME_NNNN.jpg + landmarks.txt); when missing, "
+                             "the committed sample tests/data/lfw_sample is used with its own pairs")
+    parser.add_argument("--holdout-people", type=int, default=300,
+                        help="people (with >= 2 images) held out for the verification pairs: one same pair "
+                             "each and as many different pairs")
+    parser.add_argument("--min-train-images", type=int, default=3,
+                        help="training people need at least this many images")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out draw and the pairs")
+    parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
+                        help="packed data, .bin and training outputs (reused across runs when the split matches)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OpenMP threads for MXNet (more than the idle cores makes OpenMP spin: on this "
+                             "shared 2-core machine 2 threads ran 3-5x slower than 1)")
+    parser.add_argument("--workers", type=int, default=1, help="decoding threads of the data loader (data.num_workers)")
+
+
+# ---------------------------------------------------------------------------------------------
+# the split
+
+
+def _people(image_root):
+    """{name: sorted image file names} of a folder-per-person tree."""
+    people = {}
+    for name in sorted(os.listdir(image_root)):
+        folder = os.path.join(image_root, name)
+        if os.path.isdir(folder):
+            files = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+            if files:
+                people[name] = files
+    return people
+
+
+def _image_number(file_name):
+    """NAME_0003.jpg -> 3 (LFW numbering, what the pairs format refers to)."""
+    return int(os.path.splitext(file_name)[0].rsplit("_", 1)[1])
+
+
+def draw_split(people, holdout, min_train_images, seed, folds=10):
+    """Held-out people and LFW-format pair lines, and the training people.
+
+    ``holdout`` people are drawn uniformly (seeded) among those with >= 2 images; each gives one
+    same pair (two of its images at random) and takes part in different pairs (a random
+    derangement of the held-out people, so every person appears once as first and once as second
+    member). Pairs are written fold by fold, half same, half different in each fold, because the
+    10-fold protocol cuts the file into contiguous folds (a fold of only same pairs has no threshold
+    to learn). Training people: every other person with >= ``min_train_images`` images."""
+    rng = np.random.default_rng(seed)
+    eligible = sorted(name for name, files in people.items() if len(files) >= 2)
+    if holdout > len(eligible):
+        raise ValueError(f"cannot hold out {holdout} people: only {len(eligible)} have 2 or more images")
+    if holdout % folds or holdout < 2 * folds:
+        raise ValueError(f"--holdout-people must be a multiple of {folds} and at least {2 * folds}, got {holdout}")
+    held = sorted(rng.choice(eligible, size=holdout, replace=False).tolist())
+    order = rng.permutation(held).tolist()
+    same = []
+    for name in order:
+        i, j = sorted(rng.choice(len(people[name]), size=2, replace=False))
+        same.append(f"{name}\t{_image_number(people[name][i])}\t{_image_number(people[name][j])}")
+    shift = rng.permutation(len(order))
+    partner = {order[shift[k]]: order[shift[(k + 1) % len(order)]] for k in range(len(order))}  # derangement
+    different = []
+    for name in order:
+        other = partner[name]
+        different.append(f"{name}\t{_image_number(people[name][rng.integers(len(people[name]))])}\t"
+                         f"{other}\t{_image_number(people[other][rng.integers(len(people[other]))])}")
+    per_fold = holdout // folds
+    lines = [f"{folds}\t{per_fold}"]
+    for fold in range(folds):
+        lines += same[fold * per_fold:(fold + 1) * per_fold] + different[fold * per_fold:(fold + 1) * per_fold]
+    held_set = set(held)
+    train = sorted(name for name, files in people.items()
+                   if name not in held_set and len(files) >= min_train_images)
+    return held, train, lines
+
+
+def _atomic_text(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def prepare_split(args):
+    """Pack the training people and build the held-out .bin (cached under ``--work-dir``).
+
+    Returns a manifest dict: rec (folder for data.root), bin (the .bin), counts and the choices."""
+    data = args.data
+    fallback = not os.path.isdir(os.path.join(data, "images"))
+    if fallback:
+        log(f"{data}: not found; falling back to the committed sample {LFW_SAMPLE} (its own 300 pairs, "
+            f"its 100 training people)")
+        data = LFW_SAMPLE
+    image_root = os.path.join(data, "images")
+    landmarks = os.path.join(data, "landmarks.txt")
+    if not os.path.isfile(landmarks):
+        raise SystemExit(f"bench: {landmarks}: landmarks file not found")
+    key = json.dumps({"data": os.path.abspath(data), "holdout": args.holdout_people,
+                      "min_train": args.min_train_images, "seed": args.split_seed, "fallback": fallback},
+                     sort_keys=True)
+    split_dir = os.path.join(args.work_dir, "split-" + hashlib.sha1(key.encode()).hexdigest()[:10])
+    manifest_path = os.path.join(split_dir, "manifest.json")
+    if os.path.isfile(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        log(f"split: reusing {split_dir} ({manifest['train_people']} training people, "
+            f"{manifest['train_images']} images; {manifest['pairs']} held-out pairs)")
+        return manifest
+
+    people = _people(image_root)
+    if fallback:
+        with open(os.path.join(data, "train_people.txt")) as f:
+            train = sorted(line.strip() for line in f if line.strip())
+        pairs_file = os.path.join(data, "pairs.txt")
+        held = None
+    else:
+        held, train, lines = draw_split(people, args.holdout_people, args.min_train_images, args.split_seed)
+    tmp_dir = split_dir + ".tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
+    if not fallback:
+        pairs_file = os.path.join(tmp_dir, "heldout_pairs.txt")
+        _atomic_text(pairs_file, "\n".join(lines) + "\n")
+
+    # training people: a folder of links, so pack() sees exactly them (landmark paths are relative)
+    src = os.path.join(tmp_dir, "train_src")
+    os.makedirs(src)
+    for name in train:
+        os.symlink(os.path.abspath(os.path.join(image_root, name)), os.path.join(src, name))
+    from recognition.data.pack import pack
+    log(f"split: packing {len(train)} training people")
+    counts = pack(src, os.path.join(tmp_dir, "rec"), landmarks=landmarks, min_images=1,
+                  workers=max(1, args.threads))
+
+    from recognition.cli.make_bin import main as make_bin  # tools/make_bin.py
+    log("split: building the held-out .bin")
+    make_bin(["--pairs", pairs_file, "--images", image_root, "--landmarks", landmarks,
+              "--out", os.path.join(tmp_dir, "heldout.bin")])
+    shutil.rmtree(src)
+    with open(pairs_file) as f:
+        n_pairs = sum(1 for line in f if len(line.split()) in (3, 4))
+    manifest = {
+        "data": os.path.abspath(data), "fallback_to_sample": fallback,
+        "rec": os.path.join(split_dir, "rec"), "bin": os.path.join(split_dir, "heldout.bin"),
+        "pairs_file": os.path.join(split_dir, "heldout_pairs.txt") if not fallback else pairs_file,
+        "heldout_people": len(held) if held is not None else None, "pairs": n_pairs,
+        "train_people": counts["identities"], "train_images": counts["images"],
+        "min_train_images": args.min_train_images if not fallback else None, "split_seed": args.split_seed,
+    }
+    _atomic_text(os.path.join(tmp_dir, "manifest.json"), json.dumps(manifest, indent=1))
+    shutil.rmtree(split_dir, ignore_errors=True)
+    os.replace(tmp_dir, split_dir)
+    log(f"split: {manifest['train_people']} training people ({manifest['train_images']} images), "
+        f"{n_pairs} held-out pairs -> {split_dir}")
+    return manifest
+
+
+def split_description(manifest):
+    if manifest["fallback_to_sample"]:
+        return (f"committed LFW sample (tests/data/lfw_sample): {manifest['train_people']} training people "
+                f"({manifest['train_images']} images); its own {manifest['pairs']} pairs of other people")
+    return (f"lfw-devtrain: {manifest['heldout_people']} people with >= 2 images held out (seed "
+            f"{manifest['split_seed']}) -> {manifest['pairs']} pairs (one same pair per person, as many "
+            f"different pairs, 10 folds); training on the other {manifest['train_people']} people with "
+            f">= {manifest['min_train_images']} images ({manifest['train_images']} images, aligned "
+            f"112x112 with the five landmarks)")
+
+
+# ---------------------------------------------------------------------------------------------
+# training with the project's trainer
+
+
+def run_training(config_path, overrides, pretrained=None):
+    """``recognition.engine.trainer.train`` on ``configs/...`` + overrides; returns
+    (results, wall seconds, the Config used)."""
+    from recognition.engine.config import load_config
+    from recognition.engine.trainer import train
+    config = load_config(config_path, overrides)
+    start = time.time()
+    results = train(config, pretrained=pretrained)
+    return results, time.time() - start, config
+
+
+def logged_scalars(log_dir, tag):
+    """[(step, value)] of one scalar the trainer wrote with mxboard (TFRecord event files)."""
+    from mxboard.proto import event_pb2
+    values = []
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            while True:
+                header = f.read(12)  # uint64 length + uint32 masked crc of the length
+                if len(header) < 12:
+                    break
+                (length,) = struct.unpack("<Q", header[:8])
+                body = f.read(length)
+                f.read(4)  # crc of the body
+                if len(body) < length:
+                    break
+                event = event_pb2.Event.FromString(body)
+                for value in event.summary.value:
+                    if value.tag == tag:
+                        values.append((event.step, value.simple_value))
+    return sorted(values)
+
+
+def throughput(out_dir):
+    """Median samples/s over the trainer's log intervals, the first one (graph building,
+    first-touch allocation) left out when there are others."""
+    values = [v for _, v in logged_scalars(os.path.join(out_dir, "logs"), "samples_per_sec")]
+    if len(values) > 1:
+        values = values[1:]
+    return float(np.median(values)) if values else float("nan")
+
+
+def verification_row(results, bin_name="heldout"):
+    scores = results["verification"][bin_name]
+    return {key: float(scores[key]) for key in ("accuracy", "accuracy_std", "tar_at_far_1e-3", "xnorm")
+            if key in scores}
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def markdown_table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_outputs(out_prefix, result, markdown):
+    """``OUT.json`` and ``OUT.md`` (atomically); prints the Markdown then the JSON on stdout."""
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    text = json.dumps(result, indent=1)
+    _atomic_text(out_prefix + ".json", text + "\n")
+    _atomic_text(out_prefix + ".md", markdown + "\n")
+    print(markdown)
+    print(text)
+    log(f"wrote {out_prefix}.json and {out_prefix}.md")
+
+
+def environment():
+    import mxnet as mx
+    return {"mxnet": mx.__version__, "omp_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),
+            "cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg())}
