@@ -84,7 +84,8 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     (results, net, head) with ``return_model``."""
     dist.init()
     rank, world = dist.rank(), dist.size()
-    ctx = mx.cpu()
+    # one GPU per worker with mxnet-cu112 (horovodrun -np = GPUs per host x hosts), else the CPU
+    ctx = mx.gpu(dist.local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
     out_dir = config.output.dir
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
