@@ -461,9 +461,11 @@ def _config_case(bench, case, spec):
     written = os.listdir(out) if os.path.isdir(out) else []
     ok = result.returncode != 0 and len(lines) == 1 and \
         all(w.replace("NOWHERE", nowhere) in lines[0] for w in words) and not written
-    shown = lines[0] if len(lines) == 1 else f"{len(lines)} lines, last `{lines[-1] if lines else ''}`"
-    return (f"exit {result.returncode}: `{shown.replace(folder, 'DIR').replace(bench.rec, 'REC')[:110]}`; "
-            f"written in output.dir: {written or 'nothing'}", False, ok)
+    meaningful = error_lines(result.stderr)  # without progress-bar redraws
+    shown = lines[0] if len(lines) == 1 else \
+        f"{len(lines)} stderr lines, last: {meaningful[-1] if meaningful else '(progress bar)'}"
+    shown = shown.replace(folder, "DIR").replace(bench.rec, "REC").replace(bench.work, "WORK")
+    return f"exit {result.returncode}: `{shown[:120]}`; written in output.dir: {written or 'nothing'}", False, ok
 
 
 CASES = [
