@@ -421,10 +421,14 @@ def _horovod_kill(bench, kill_rank):
     kept = state_steps(out)
     resumed = run_horovod([worker, "-1", marker, "--resume", "auto"] + args, timeout=300)
     results = json.load(open(os.path.join(out, "results.json"))) if resumed.returncode == 0 else {}
+    final_saved = state_steps(out)[-1:] == [10]
+    failure = next((line.split(">:", 1)[-1] for line in (resumed.stdout + resumed.stderr).splitlines()
+                    if "checkpoint: saving step 10" in line), "")
     ok = result.returncode != 0 and after < 120 and resumed.returncode == 0 and \
-        results.get("start_step") == (kept[-1] if kept else 0) and state_steps(out)[-1:] == [10]
+        results.get("start_step") == (kept[-1] if kept else 0) and final_saved
     return (f"horovodrun exit {result.returncode} {after:.1f} s after the SIGKILL (run {ended - started:.0f} s); "
-            f"--resume auto from step {results.get('start_step')} finished 10 steps: {resumed.returncode == 0}",
+            f"--resume auto from step {results.get('start_step')} finished 10 steps: {resumed.returncode == 0}; "
+            f"final checkpoint written: {final_saved}" + (f" (`{failure.replace(out, 'OUT')[:150]}`)" if failure else ""),
             not ok, ok)
 
 
