@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
 # the fault-injection helpers are the tests' own (tests/test_faults.py)
-from test_faults import (CONFIG_FAULTS, CONFIG_FAULTS_PENDING, OVERFLOW, batch_records, break_image,  # noqa: E402
+from test_faults import (CONFIG_FAULTS, OVERFLOW, batch_records, break_image,  # noqa: E402
                          break_magic, copy_rec, error_lines, kill_when, limit_file_size, load_params,
                          make_damaged_source, many_copies, run_tool, set_image_label, set_range, start_tool,
                          state_steps, tool_env, train_args, truncate_rec, write_tiny_config)
@@ -496,7 +496,7 @@ CASES = [
     ("horovod: rank 1 SIGKILL", "job exits non-zero < 120 s; resume finishes", horovod_kill_rank1),
     ("horovod: rank 0 SIGKILL", "job exits non-zero < 120 s; resume finishes", horovod_kill_rank0),
 ]
-for _case, _spec in sorted(CONFIG_FAULTS.items()) + sorted(CONFIG_FAULTS_PENDING.items()):
+for _case, _spec in sorted(CONFIG_FAULTS.items()):
     CASES.append((f"config: {_case}", "one line, non-zero exit, nothing written",
                   (lambda spec: lambda bench: _config_case(bench, None, spec))(_spec)))
 

@@ -266,9 +266,6 @@ def test_nonfinite_update_is_skipped_counted_and_logged(skipped_updates_run):
     assert b"nonfinite_skipped" in events
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.py: BatchNorm running statistics are updated by the forward "
-                                       "pass of a skipped step (they become NaN/inf); the trainer must restore "
-                                       "them when it skips an update")
 def test_skipped_update_leaves_batchnorm_statistics_untouched(skipped_updates_run):
     out, _ = skipped_updates_run
     before = load_params(out / "checkpoints" / "step-00000003" / "net.params")
@@ -312,9 +309,6 @@ def test_too_many_nonfinite_updates_stop_and_keep_last_good_checkpoint(stopped_r
     assert checkpoint.load_state(str(good), net, head, trainer)["step"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.py saves a checkpoint at a step whose update was skipped "
-                                       "(step 4 here), with the NaN BatchNorm statistics of the skipped "
-                                       "forward passes; with keep=2 such states push the good ones out")
 def test_no_checkpoint_with_nonfinite_values_is_written(stopped_run):
     out, _ = stopped_run
     for step in state_steps(out):
@@ -392,6 +386,14 @@ def test_kill_9_then_resume_auto_equals_uninterrupted_run(sample_rec, tiny_confi
 
 CONFIG_FAULTS = {
     # case: (YAML text or None for the tiny config, --set overrides, words the single line must hold)
+    "K of zero": (None, ["data.sampler=pk", "data.images_per_identity=0", "loss.name=triplet"],
+                  ["data.images_per_identity"]),
+    "bad-record share above 1": (None, ["data.max_bad_records=1.5"], ["data.max_bad_records"]),
+    "negative decoding threads": (None, ["data.num_workers=-1"], ["data.num_workers"]),
+    "unknown loss parameter": (None, ["loss.params.scale=3"], ["loss", "scale"]),
+    "unknown model": (None, ["model.name=resnet1000"], ["resnet1000"]),
+    "batch larger than the dataset": (None, ["data.batch_size=512"], ["512"]),
+    "missing --resume folder": (None, ["--resume", "NOWHERE/step-00000100"], ["NOWHERE/step-00000100"]),
     "missing config file": ("MISSING", [], ["missing.yaml", "config file not found"]),
     "not YAML": ("data: [unclosed\n", [], ["bad.yaml", "not valid YAML"]),
     "unknown key in file": ("data: {batch_size: 8}\ntrian: {max_steps: 3}\n", [], ["bad.yaml", "unknown key 'trian'"]),
@@ -410,23 +412,6 @@ CONFIG_FAULTS = {
 }
 
 # Impossible values that currently get past validation and fail (or not) after work has started.
-CONFIG_FAULTS_PENDING = {
-    "K of zero": (None, ["data.sampler=pk", "data.images_per_identity=0", "loss.name=triplet"],
-                  ["data.images_per_identity"],
-                  "config.py: validate divides by data.images_per_identity (ZeroDivisionError traceback)"),
-    "bad-record share above 1": (None, ["data.max_bad_records=1.5"], ["data.max_bad_records"],
-                                 "config.py: data.max_bad_records=1.5 is accepted (a share must lie in [0, 1])"),
-    "negative decoding threads": (None, ["data.num_workers=-1"], ["data.num_workers"],
-                                  "config.py: data.num_workers=-1 is accepted silently (decodes inline)"),
-    "unknown loss parameter": (None, ["loss.params.scale=3"], ["loss", "scale"],
-                               "trainer.py writes output.dir/config.json before get_loss rejects the parameter"),
-    "unknown model": (None, ["model.name=resnet1000"], ["resnet1000"],
-                      "trainer.py writes output.dir/config.json before get_model rejects the name"),
-    "batch larger than the dataset": (None, ["data.batch_size=512"], ["512"],
-                                      "trainer.py writes output.dir/config.json before the data order is built"),
-    "missing --resume folder": (None, ["--resume", "NOWHERE/step-00000100"], ["NOWHERE/step-00000100"],
-                                "trainer.py writes output.dir/config.json before the resume state is read"),
-}
 
 
 def _run_config_case(case, yaml_text, overrides, sample_rec, tiny_config, tmp_path):
@@ -459,13 +444,5 @@ def _assert_one_clear_line(result, out, words, tmp_path):
 @pytest.mark.parametrize("case", sorted(CONFIG_FAULTS))
 def test_config_error_is_one_line_before_any_work(case, sample_rec, tiny_config, tmp_path):
     yaml_text, overrides, words = CONFIG_FAULTS[case]
-    result, out = _run_config_case(case, yaml_text, overrides, sample_rec, tiny_config, tmp_path)
-    _assert_one_clear_line(result, out, words, tmp_path)
-
-
-@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=spec[3]))
-                                  for case, spec in sorted(CONFIG_FAULTS_PENDING.items())])
-def test_config_error_pending_fix(case, sample_rec, tiny_config, tmp_path):
-    yaml_text, overrides, words, _ = CONFIG_FAULTS_PENDING[case]
     result, out = _run_config_case(case, yaml_text, overrides, sample_rec, tiny_config, tmp_path)
     _assert_one_clear_line(result, out, words, tmp_path)

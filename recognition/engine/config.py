@@ -171,6 +171,14 @@ def validate(config, source):
         raise ConfigError(f"{source}: loss.sample_ratio must be in (0, 1], got {config.loss.sample_ratio}")
     if config.optimizer.lr <= 0:
         raise ConfigError(f"{source}: optimizer.lr must be positive, got {config.optimizer.lr}")
+    for key, value, low in (("data.images_per_identity", config.data.images_per_identity, 1),
+                            ("data.num_workers", config.data.num_workers, 0), ("data.prefetch", config.data.prefetch, 0),
+                            ("train.max_nonfinite", config.train.max_nonfinite, 1), ("output.keep", config.output.keep, 1),
+                            ("train.log_every", config.train.log_every, 1)):
+        if value < low:
+            raise ConfigError(f"{source}: {key} must be at least {low}, got {value}")
+    if not 0 <= config.data.max_bad_records <= 1:
+        raise ConfigError(f"{source}: data.max_bad_records is a share of the images, 0..1, got {config.data.max_bad_records}")
     if config.data.sampler == "pk" and config.data.batch_size % config.data.images_per_identity:
         raise ConfigError(f"{source}: data.batch_size {config.data.batch_size} is not divisible by "
                           f"data.images_per_identity {config.data.images_per_identity} (P x K batches)")

@@ -100,7 +100,9 @@ def average_running_stats(params):
         if name.endswith(("running_mean", "running_var")):
             param = params[name]
             value = mx.nd.array(param.data().asnumpy(), dtype=param.dtype)
-            param.set_data(_hvd.allreduce(value, average=True, name=f"stats.{name}"))
+            averaged = _hvd.allreduce(value, average=True, name=f"stats.{name}")
+            averaged.wait_to_read()  # Horovod ops are asynchronous
+            param.set_data(averaged)
 
 
 def broadcast_object(obj, root_rank=0, name=None):

@@ -87,10 +87,6 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     # one GPU per worker with mxnet-cu112 (horovodrun -np = GPUs per host x hosts), else the CPU
     ctx = mx.gpu(dist.local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
     out_dir = config.output.dir
-    if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(to_dict(config), f, indent=1)
     _seed(config.train.seed)
 
     dataset = RecordDataset(config.data.root)  # validates the files before any work
@@ -139,6 +135,10 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                            log=lambda message: log(f"rank {rank}: {message}"))
     verification = Verification(config.verification.bins, config.verification.batch_size,
                                 config.verification.flip) if config.verification.bins else None
+    if rank == 0:  # only now: a run refused above leaves nothing behind
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(to_dict(config), f, indent=1)
     logger = Logger(out_dir, config.train.max_steps, start_step, config.data.batch_size * world)
     meta_base = {"model": config.model.name, "embedding_size": embedding_size,
                  "num_classes": dataset.num_classes, "world_size": world}
@@ -154,13 +154,14 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             dist.barrier()
             checkpoint.save_shard(out_dir, step, rank, local_params, local_trainer)
             dist.barrier()
-        if rank == 0:
-            extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch}
-            if hasattr(head, "scale"):
-                extra["scale"] = float(head.scale)
-            checkpoint.save_state(out_dir, step, net, head, trainer, dict(meta_base, **extra),
-                                  keep=config.output.keep, head_params=head_params,
-                                  shards_written=bool(local_trainer))
+        if rank != 0:
+            return True
+        extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch}
+        if hasattr(head, "scale"):
+            extra["scale"] = float(head.scale)
+        return checkpoint.save_state(out_dir, step, net, head, trainer, dict(meta_base, **extra),
+                                     keep=config.output.keep, head_params=head_params,
+                                     shards_written=bool(local_trainer)) is not None
 
     def verify(step):
         dist.average_running_stats(params)
@@ -181,9 +182,13 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
 
     counters = {"nonfinite_in_row": 0, "skipped_updates": 0}
 
+    stateful = [p for p in list(params.values()) + list(local_params.values()) if p.grad_req == "null"]
+
     def update(step, data, label, triplets=None):
         """One optimizer update on (data, label); returns (loss, embeddings), or None when the
-        gradient was non-finite and the update was skipped (parameters and optimizer untouched)."""
+        gradient was non-finite and the update was skipped (parameters, BatchNorm statistics,
+        head state and optimizer untouched)."""
+        before = [p.data().copy() for p in stateful]  # the forward moves BN statistics, AdaCos s, centres
         with autograd.record():
             embeddings = net(data)
             if hasattr(head, "update_state"):
@@ -198,6 +203,8 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             local_sq = mx.nd.array([_global_grad_norm_sq(local_params)], dtype="float64")
             norm_sq += float(dist.allreduce_sum(local_sq, name="local_grad_norm").asscalar())
         if not np.isfinite(norm_sq):
+            for param, value in zip(stateful, before):
+                param.set_data(value)
             counters["nonfinite_in_row"] += 1
             counters["skipped_updates"] += 1
             logger.scalars(step, {"nonfinite_skipped": counters["skipped_updates"]})
@@ -260,16 +267,19 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             if verification and config.verification.every and done % config.verification.every == 0 \
                     and done != config.train.max_steps:
                 verify(done)
-            if config.output.checkpoint_every and done % config.output.checkpoint_every == 0:
+            # never replace good checkpoints by one taken in the middle of a non-finite streak
+            if config.output.checkpoint_every and done % config.output.checkpoint_every == 0 \
+                    and counters["nonfinite_in_row"] == 0:
                 save(done)
                 last_saved = done
         done = config.train.max_steps
-        if last_saved != done:
-            save(done)
+        if last_saved != done and not save(done) and rank == 0:
+            raise TrainingError(f"the final checkpoint of step {done} could not be written in {out_dir}")
         if verification:
             results["verification"] = verify(done)
-        if rank == 0:
-            checkpoint.export_model(net, os.path.join(out_dir, "model"), 1)
+        if rank == 0 and not checkpoint.export_model(net, os.path.join(out_dir, "model"), 1):
+            raise TrainingError(f"the final model could not be exported to {out_dir}/model")
+        dist.barrier()  # no worker leaves (and shuts Horovod down) while rank 0 still saves
     finally:
         batches.close()
         logger.close()
