@@ -20,6 +20,8 @@ import numpy as np
 
 import mxnet as mx
 
+from recognition.fileio import fsync_dir
+
 IdentityRange = namedtuple("IdentityRange", "identity first last")  # records [first, last)
 
 
@@ -90,13 +92,6 @@ def write_property(path, num_classes, height, width):
         f.write(f"{num_classes},{height},{width}\n")
 
 
-def _fsync_dir(folder):
-    """Make renames inside ``folder`` durable (the directory entry itself is flushed)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RecordWriter:
@@ -149,7 +144,7 @@ class RecordWriter:
             os.remove(self.final[2])
         for tmp, final in zip(self.tmp, self.final):
             os.replace(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return num_images, num_ids
 
     def abort(self):

@@ -17,23 +17,16 @@ import shutil
 import mxnet as mx
 
 from recognition.data.record import error_line
+from recognition.fileio import fsync_dir
 
 STATE_PATTERN = re.compile(r"^step-(\d{8})$")
-
-
-def _fsync_dir(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(folder):
     for name in os.listdir(folder):
         with open(os.path.join(folder, name), "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def state_dir(out_dir, step):
@@ -65,7 +58,7 @@ def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=(), head
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(os.path.dirname(final))  # the rename itself survives a power cut
+        fsync_dir(os.path.dirname(final))  # the rename itself survives a power cut
     except (OSError, mx.base.MXNetError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"checkpoint: saving step {step} to {final} failed ({error_line(err)}); "

@@ -5,7 +5,6 @@ The same code runs single-process and under ``horovodrun``: parameters are broad
 gradients are averaged over all workers by ``hvd.DistributedTrainer`` and the learning rate is
 scaled by the number of workers.
 """
-import json
 import os
 import random
 import sys
@@ -17,6 +16,7 @@ from mxnet import autograd
 
 from recognition.data.dataset import PKOrder, ShardedOrder, TrainBatches
 from recognition.data.record import RecordDataset
+from recognition.fileio import write_json_atomic
 from recognition.losses import get_loss
 from recognition.losses.sharded import get_sharded_loss
 from recognition.models import get_model
@@ -137,8 +137,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                                 config.verification.flip) if config.verification.bins else None
     if rank == 0:  # only now: a run refused above leaves nothing behind
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(to_dict(config), f, indent=1)
+        write_json_atomic(os.path.join(out_dir, "config.json"), to_dict(config))
     logger = Logger(out_dir, config.train.max_steps, start_step, config.data.batch_size * world)
     meta_base = {"model": config.model.name, "embedding_size": embedding_size,
                  "num_classes": dataset.num_classes, "world_size": world}
@@ -176,8 +175,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             best.update(accuracy=mean_accuracy, step=step)
             if rank == 0:
                 checkpoint.export_model(net, os.path.join(out_dir, "best", "model"), 1)
-                with open(os.path.join(out_dir, "best", "scores.json"), "w") as f:
-                    json.dump({"step": step, "scores": scores}, f, indent=1)
+                write_json_atomic(os.path.join(out_dir, "best", "scores.json"), {"step": step, "scores": scores})
         return scores
 
     counters = {"nonfinite_in_row": 0, "skipped_updates": 0}
@@ -286,8 +284,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     results.update(steps=config.train.max_steps, best=best, skipped_updates=counters["skipped_updates"],
                    bad_records=batches.bad_records, samples_per_sec=logger.samples_per_sec)
     if rank == 0:
-        with open(os.path.join(out_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        write_json_atomic(os.path.join(out_dir, "results.json"), results)
     return (results, net, head) if return_model else results
 
 

@@ -1,0 +1,23 @@
+"""Durable, atomic file writes shared by the packer, the checkpoints and the tools."""
+import json
+import os
+
+
+def fsync_dir(folder):
+    """Make renames inside ``folder`` durable (the directory entry itself is flushed)."""
+    fd = os.open(folder or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path, value, indent=1):
+    """Write ``value`` as JSON to ``path`` through a temporary name: never a half-written file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=indent)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
