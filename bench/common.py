@@ -216,12 +216,27 @@ def split_description(manifest):
 # training with the project's trainer
 
 
+def trainer_overrides(manifest, out_dir, steps, batch_size, seed=0, warmup_steps=0, log_every=10,
+                      workers=1, verify_flip="none", lr=None):
+    """``--set`` overrides shared by the face benchmarks: data, budget, seed, the held-out .bin
+    scored once at the end, one checkpoint at the end."""
+    overrides = [f"data.root={manifest['rec']}", f"data.batch_size={batch_size}", f"data.num_workers={workers}",
+                 f"train.max_steps={steps}", f"train.seed={seed}", f"train.log_every={log_every}",
+                 f"optimizer.warmup_steps={warmup_steps}", f"verification.bins={manifest['bin']}",
+                 "verification.every=0", f"verification.flip={verify_flip}", f"output.dir={out_dir}",
+                 "output.checkpoint_every=0", "output.keep=1"]
+    if lr is not None:
+        overrides.append(f"optimizer.lr={lr}")
+    return overrides
+
+
 def run_training(config_path, overrides, pretrained=None):
-    """``recognition.engine.trainer.train`` on ``configs/...`` + overrides; returns
-    (results, wall seconds, the Config used)."""
+    """``recognition.engine.trainer.train`` on ``configs/...`` + overrides, in a fresh output.dir
+    (an earlier run's logs would mix into the throughput); returns (results, wall seconds, Config)."""
     from recognition.engine.config import load_config
     from recognition.engine.trainer import train
     config = load_config(config_path, overrides)
+    shutil.rmtree(config.output.dir, ignore_errors=True)
     start = time.time()
     results = train(config, pretrained=pretrained)
     return results, time.time() - start, config

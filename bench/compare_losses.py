@@ -69,17 +69,6 @@ def parse_args(argv=None):
     return args
 
 
-def head_overrides(args, manifest, out_dir):
-    overrides = [f"data.root={manifest['rec']}", f"data.batch_size={args.batch_size}",
-                 f"data.num_workers={args.workers}", f"train.max_steps={args.steps}", f"train.seed={args.seed}",
-                 f"train.log_every={args.log_every}", f"verification.bins={manifest['bin']}",
-                 "verification.every=0", f"verification.flip={args.verify_flip}",
-                 f"optimizer.warmup_steps={args.warmup_steps}", f"output.dir={out_dir}", "output.checkpoint_every=0", "output.keep=1"]
-    if args.lr is not None:
-        overrides.append(f"optimizer.lr={args.lr}")
-    return overrides + list(args.set)
-
-
 def main(argv=None):
     args = parse_args(argv)
     common.set_threads(args.threads)
@@ -94,7 +83,9 @@ def main(argv=None):
         common.log(f"[{number}/{len(args.heads)}] {head}: {args.steps} steps of {args.batch_size} "
                    f"(configs/{config_file} {' '.join(extra)})")
         results, wall, config = common.run_training(os.path.join(CONFIGS, config_file),
-                                                    extra + head_overrides(args, manifest, out_dir))
+                                                    extra + common.trainer_overrides(
+            manifest, out_dir, args.steps, args.batch_size, args.seed, args.warmup_steps, args.log_every,
+            args.workers, args.verify_flip, args.lr) + list(args.set))
         scores = common.verification_row(results)
         row = {"head": head, "config": f"configs/{config_file}", "loss": config.loss.name,
                "loss_params": config.loss.params, **scores,
