@@ -300,6 +300,25 @@ def write_outputs(out_prefix, result, markdown):
     log(f"wrote {out_prefix}.json and {out_prefix}.md")
 
 
+def noise_note(pairs, folds=10):
+    """What the verification numbers can resolve with ``pairs`` pairs (half same, half different)."""
+    different_train = pairs // 2 * (folds - 1) // folds
+    return (f"Resolution: the standard error of an accuracy near 0.8 over {pairs} pairs is about "
+            f"{(0.8 * 0.2 / pairs) ** 0.5:.3f}, so differences below about "
+            f"{2 * (2 * 0.8 * 0.2 / pairs) ** 0.5:.2f} are within noise. TAR@FAR=1e-3 picks its threshold on "
+            f"the {different_train} different pairs of 9 folds, where 1e-3 is less than one false accept: it "
+            "is in effect the TAR at zero false accepts, a coarse number.")
+
+
+def rerender(json_path, render):
+    """Re-write ``X.md`` beside ``X.json`` from the JSON alone (no training); prints it."""
+    with open(json_path) as f:
+        result = json.load(f)
+    markdown = render(result)
+    _atomic_text(os.path.splitext(json_path)[0] + ".md", markdown + "\n")
+    print(markdown)
+
+
 def environment():
     import mxnet as mx
     return {"mxnet": mx.__version__, "omp_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0),

@@ -56,6 +56,7 @@ def parse_args(argv=None):
                    help="extra trainer overrides applied to every head")
     p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "compare_losses"),
                    help="output prefix: OUT.json and OUT.md")
+    p.add_argument("--render", metavar="JSON", help="only re-write the Markdown of an earlier result (no training)")
     common.add_split_args(p)
     args = p.parse_args(argv)
     args.heads = [h for h in args.heads.split(",") if h]
@@ -69,13 +70,36 @@ def parse_args(argv=None):
     return args
 
 
+def render(result):
+    """The Markdown of a result (everything it shows comes from the JSON)."""
+    env, rows = result["environment"], result["heads"]
+    table = [[r["head"], f"{r['accuracy']:.4f} ± {r['accuracy_std']:.4f}", f"{r['tar_at_far_1e-3']:.4f}",
+              f"{r['samples_per_sec']:.1f}"] for r in rows]
+    return "\n".join([
+        "## Loss heads on held-out LFW people", "",
+        f"Data: {common.split_description(result['split'])}.", "",
+        f"Training: {result['setup']}. Each head's parameters are those of its `configs/HEAD.yaml`.", "",
+        common.markdown_table(["head", "accuracy ± std (10 folds)", "TAR@FAR=1e-3", "samples/s"], table), "",
+        common.noise_note(result["split"]["pairs"]), "",
+        f"Budget: {result['steps'] * result['batch_size']} training images per head "
+        f"({result['steps'] * result['batch_size'] / result['split']['train_images']:.2f} epochs), "
+        f"{result['total_wall_s'] / 60:.0f} minutes for all heads: an early-training snapshot, not converged "
+        "models; heads that need long training (large margins, s = 64) are at a disadvantage.", "",
+        "samples/s: median of the trainer's per-interval throughput (first interval left out) on a "
+        f"{env['cpus']}-core machine shared with other jobs (load average at start "
+        f"{env['load_average_at_start'][0]:.1f}); differences between heads are mostly load noise.",
+    ])
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.render:
+        return common.rerender(args.render, render)
     common.set_threads(args.threads)
     manifest = common.prepare_split(args)
     env = common.environment()
     runs_dir = os.path.join(args.work_dir, "losses")
-    rows, table = [], []
+    rows = []
     started = time.time()
     for number, head in enumerate(args.heads, 1):
         config_file, extra = HEADS[head]
@@ -97,27 +121,16 @@ def main(argv=None):
         common.log(f"{head}: accuracy {row['accuracy']:.4f} +- {row['accuracy_std']:.4f}, "
                    f"TAR@FAR=1e-3 {row['tar_at_far_1e-3']:.4f}, {row['samples_per_sec']:.1f} samples/s, "
                    f"{wall:.0f} s")
-        table.append([head, f"{row['accuracy']:.4f} ± {row['accuracy_std']:.4f}", f"{row['tar_at_far_1e-3']:.4f}",
-                      f"{row['samples_per_sec']:.1f}"])
 
     setup = (f"MobileFaceNet-128, single process, {args.steps} steps x batch {args.batch_size} per head, "
              f"seed {args.seed}, SGD momentum 0.9, wd 5e-4, cosine lr with {args.warmup_steps} warmup steps "
              f"(lr {'%g' % args.lr if args.lr is not None else 'of each config: 0.05'}), "
              f"{env['omp_threads']} OpenMP thread(s); verification flip: {args.verify_flip}")
-    markdown = "\n".join([
-        "## Loss heads on held-out LFW people", "",
-        f"Data: {common.split_description(manifest)}.", "",
-        f"Training: {setup}. Each head's parameters are those of its `configs/HEAD.yaml`.", "",
-        common.markdown_table(["head", "accuracy ± std (10 folds)", "TAR@FAR=1e-3", "samples/s"], table), "",
-        "samples/s: median of the trainer's per-interval throughput (first interval left out) on a "
-        f"{env['cpus']}-core machine shared with other jobs (load average at start "
-        f"{env['load_average_at_start'][0]:.1f}); differences between heads are mostly load noise.",
-    ])
     result = {"benchmark": "compare_losses", "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
               "split": manifest, "setup": setup, "steps": args.steps, "batch_size": args.batch_size,
               "seed": args.seed, "environment": env, "total_wall_s": round(time.time() - started, 1),
               "heads": rows}
-    common.write_outputs(args.out, result, markdown)
+    common.write_outputs(args.out, result, render(result))
 
 
 if __name__ == "__main__":

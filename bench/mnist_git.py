@@ -86,6 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=MNIST_DIR, help="folder with train10k-* and t10k-* IDX files")
     p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "mnist_git"),
                    help="output prefix: OUT.json, OUT.md, OUT.png")
+    p.add_argument("--render", metavar="JSON", help="only re-write the Markdown of an earlier result (no training)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         p.error("--steps and --batch-size must be positive")
@@ -181,7 +182,7 @@ def plot(path, runs, features, labels):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    columns = min(3, len(runs))
+    columns = 3 if len(runs) % 3 == 0 else min(2, len(runs))
     rows = (len(runs) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 3.2 * rows), squeeze=False)
     colours = plt.get_cmap("tab10")
@@ -198,7 +199,8 @@ def plot(path, runs, features, labels):
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=10, fontsize=7, markerscale=8, frameon=False)
+    fig.legend(handles, names, loc="lower center", ncol=10 if columns > 1 else 5, fontsize=7, markerscale=8,
+               frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=80)
@@ -206,8 +208,32 @@ def plot(path, runs, features, labels):
     os.replace(tmp, path)
 
 
+def render(result):
+    """The Markdown of a result (everything it shows comes from the JSON)."""
+    rows = result["runs"]
+    table = [[f"{r['lambda_c']:g}", f"{r['lambda_g']:g}", f"{r['final_loss']:.3f}", f"{100 * r['train_acc']:.2f}",
+              f"{100 * r['val_acc']:.2f}", f"{r['train_inter']:.2f}", f"{r['train_intra']:.3f}",
+              f"{r['test_inter']:.2f}", f"{r['test_intra']:.3f}"] for r in rows]
+    epochs = result["steps"] * result["batch_size"] / result["train_digits"]
+    return "\n".join([
+        "## Git loss vs centre loss on MNIST (2-D features; Git-loss paper Table 1)", "",
+        f"One run per row (the paper averages 10), {result['steps']} steps x batch {result['batch_size']} "
+        f"({epochs:.1f} epochs of the {result['train_digits']:,} training digits; the paper: 8,000 steps of 128 "
+        f"on 55,000), Adam lr {result['lr']:g}, centre rate alpha {result['alpha']:g}, seed {result['seed']}, "
+        f"{result['total_wall_s'] / 60:.0f} minutes in all. Heads: `softmax` + `center` for lambda_G = 0, `git` "
+        f"otherwise. Val. = the {result['test_digits']:,} official test digits. Distances: Euclidean in the 2-D "
+        "feature space; inter = mean over the 45 pairs of class means, intra = mean distance to the class mean, "
+        "averaged over the classes (the authors' script; the paper's Table 1 uses the training digits).", "",
+        common.markdown_table(["λ_C", "λ_G", "loss", "train acc %", "val acc %", "inter (train)",
+                               "intra (train)", "inter (test)", "intra (test)"], table), "",
+        f"Figure: `{result['figure']}` (2-D features of the test digits, one panel per row).",
+    ])
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.render:
+        return common.rerender(args.render, render)
     common.set_threads(args.threads)
     import mxnet as mx
     train, test = load_mnist(args.data)
@@ -224,28 +250,12 @@ def main(argv=None):
                    f"inter {row['train_inter']:.2f} intra {row['train_intra']:.3f} ({row['train_wall_s']:.0f} s)")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plot(args.out + ".png", rows, test_features, test[1])
-
-    table = [[f"{r['lambda_c']:g}", f"{r['lambda_g']:g}", f"{r['final_loss']:.3f}", f"{100 * r['train_acc']:.2f}",
-              f"{100 * r['val_acc']:.2f}", f"{r['train_inter']:.2f}", f"{r['train_intra']:.3f}",
-              f"{r['test_inter']:.2f}", f"{r['test_intra']:.3f}"] for r in rows]
-    epochs = args.steps * args.batch_size / len(train[0])
-    markdown = "\n".join([
-        "## Git loss vs centre loss on MNIST (2-D features; Git-loss paper Table 1)", "",
-        f"One run per row (the paper averages 10), {args.steps} steps x batch {args.batch_size} "
-        f"({epochs:.1f} epochs of the 10,000 training digits; the paper: 8,000 steps on 55,000), Adam lr "
-        f"{args.lr:g}, alpha {args.alpha:g}, seed {args.seed}. Val. = the 10,000 official test digits. "
-        "Distances: Euclidean, in the 2-D feature space; inter = mean over the 45 pairs of class means, "
-        "intra = mean distance to the class mean, averaged over classes.", "",
-        common.markdown_table(["λ_C", "λ_G", "loss", "train acc %", "val acc %", "inter (train)",
-                               "intra (train)", "inter (test)", "intra (test)"], table), "",
-        f"Figure: `{os.path.basename(args.out)}.png` (2-D features of the test digits, one panel per row).",
-    ])
     result = {"benchmark": "mnist_git", "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "alpha": args.alpha,
               "seed": args.seed, "train_digits": len(train[0]), "test_digits": len(test[0]),
               "environment": env, "total_wall_s": round(time.time() - started, 1), "runs": rows,
               "figure": os.path.basename(args.out) + ".png"}
-    common.write_outputs(args.out, result, markdown)
+    common.write_outputs(args.out, result, render(result))
 
 
 if __name__ == "__main__":
