@@ -141,6 +141,9 @@ def render(result):
                                            else "")] + fmt(r)
               + [f"{r['mean_triplets_logged']:.1f}", f"{r['samples_per_sec']:.1f}"] for r in rows]
     k = result["images_per_identity"]
+    online = {r["strategy"]: r for r in rows if r["pool"] == "online"}
+    same = ("batch_min_min" in online and "batch_min_max" in online
+            and online["batch_min_min"]["accuracy"] == online["batch_min_max"]["accuracy"])
     lrs = sorted({r["lr"] for r in rows})
     return "\n".join([
         "## Triplet mining strategies, fine-tuned from one network, on held-out LFW people", "",
@@ -154,6 +157,8 @@ def render(result):
         common.markdown_table(["strategy", "pool", "accuracy ± std (10 folds)", "TAR@FAR=1e-3",
                                "triplets / update (logged)", "samples/s"], table), "",
         common.noise_note(result["split"]["pairs"]), "",
+        *(["batch_min_min and batch_min_max select the same triplets as the paper's pseudo-code defines them "
+           "(see recognition/losses/mining.py), hence identical rows.", ""] if same else []),
         f"Budget: {result['steps'] * result['batch_size']} images read per run, "
         f"{result['total_wall_s'] / 60:.0f} minutes in all (the paper: 60k iterations of 210 images).", "",
         "triplets / update: mean of the trainer's logged count at each log interval. samples/s: batches read "
