@@ -38,6 +38,8 @@ demo: $(STAMP)
 	$(RUN) $(VENV)/bin/horovodrun -np 2 -H localhost:2 --gloo $(PY) tools/train.py --config configs/demo.yaml \
 	  --set data.root=$(DEMO)/rec output.dir=$(DEMO)/run verification.bins=$(DEMO)/val.bin
 	$(RUN) $(PY) tools/verify.py --model $(DEMO)/run/model,1 --bin $(DEMO)/val.bin
+	@echo "best checkpoint by verification accuracy:"
+	$(RUN) $(PY) tools/verify.py --model $(DEMO)/run/best/model,1 --bin $(DEMO)/val.bin --no-progress
 
 test: $(STAMP)
 	$(RUN) $(PY) -m pytest -q tests
