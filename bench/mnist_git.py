@@ -147,7 +147,7 @@ def train_run(mx, args, train, test, lambda_c, lambda_g):
     params.update(head.collect_params())
     trainer = mx.gluon.Trainer(params, "adam", {"learning_rate": args.lr})
     order, position = rng.permutation(len(train_x)), 0
-    start, losses = time.time(), []
+    start, losses, curve = time.time(), [], []
     for step in range(args.steps):
         if position + args.batch_size > len(order):
             order, position = rng.permutation(len(train_x)), 0
@@ -162,6 +162,7 @@ def train_run(mx, args, train, test, lambda_c, lambda_g):
         trainer.step(args.batch_size)
         losses.append(float(loss.mean().asscalar()))
         if (step + 1) % 100 == 0 or step + 1 == args.steps:
+            curve.append([step + 1, float(np.mean(losses[-100:]))])
             common.log(f"  step {step + 1}/{args.steps} loss {np.mean(losses[-100:]):.4f} "
                        f"({(step + 1) * args.batch_size / (time.time() - start):.0f} samples/s)")
     head.flush_state()
@@ -170,7 +171,7 @@ def train_run(mx, args, train, test, lambda_c, lambda_g):
     train_intra, train_inter = distances(train_features, train_y)
     test_intra, test_inter = distances(test_features, test_y)
     return {"lambda_c": lambda_c, "lambda_g": lambda_g, "loss_head": "softmax+center" if lambda_g == 0 else "git",
-            "final_loss": float(np.mean(losses[-50:])),
+            "final_loss": float(np.mean(losses[-50:])), "loss_curve": curve,
             "train_acc": accuracy(mx, head, train_features, train_y),
             "val_acc": accuracy(mx, head, test_features, test_y),
             "train_inter": train_inter, "train_intra": train_intra,
@@ -211,9 +212,13 @@ def plot(path, runs, features, labels):
 def render(result):
     """The Markdown of a result (everything it shows comes from the JSON)."""
     rows = result["runs"]
-    table = [[f"{r['lambda_c']:g}", f"{r['lambda_g']:g}", f"{r['final_loss']:.3f}", f"{100 * r['train_acc']:.2f}",
-              f"{100 * r['val_acc']:.2f}", f"{r['train_inter']:.2f}", f"{r['train_intra']:.3f}",
-              f"{r['test_inter']:.2f}", f"{r['test_intra']:.3f}"] for r in rows]
+    def below_chance(run):
+        """First logged step whose 100-step mean loss is clearly under chance (ln 10 = 2.30)."""
+        return next((str(step) for step, value in run["loss_curve"] if value < 2.0), "never")
+
+    table = [[f"{r['lambda_c']:g}", f"{r['lambda_g']:g}", f"{r['final_loss']:.3f}", below_chance(r),
+              f"{100 * r['train_acc']:.2f}", f"{100 * r['val_acc']:.2f}", f"{r['train_inter']:.2f}",
+              f"{r['train_intra']:.3f}", f"{r['test_inter']:.2f}", f"{r['test_intra']:.3f}"] for r in rows]
     epochs = result["steps"] * result["batch_size"] / result["train_digits"]
     return "\n".join([
         "## Git loss vs centre loss on MNIST (2-D features; Git-loss paper Table 1)", "",
@@ -224,8 +229,10 @@ def render(result):
         f"otherwise. Val. = the {result['test_digits']:,} official test digits. Distances: Euclidean in the 2-D "
         "feature space; inter = mean over the 45 pairs of class means, intra = mean distance to the class mean, "
         "averaged over the classes (the authors' script; the paper's Table 1 uses the training digits).", "",
-        common.markdown_table(["λ_C", "λ_G", "loss", "train acc %", "val acc %", "inter (train)",
+        common.markdown_table(["λ_C", "λ_G", "loss", "loss < 2.0 at step", "train acc %", "val acc %", "inter (train)",
                                "intra (train)", "inter (test)", "intra (test)"], table), "",
+        "loss: mean over the last 50 steps. loss < 2.0 at step: the first 100-step window whose mean loss is "
+        "clearly below chance level (ln 10 = 2.30), i.e. when the run started to learn.", "",
         f"Figure: `{result['figure']}` (2-D features of the test digits, one panel per row).",
     ])
 
