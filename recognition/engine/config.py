@@ -66,6 +66,7 @@ class TrainConfig:
     hybridize: bool = True
     deterministic: bool = False    # no data threads, fixed order: resumed == uninterrupted
     max_nonfinite: int = 5         # consecutive non-finite losses/gradients before stopping
+    allreduce_groups: int = 1      # Horovod grouped allreduce: 1 group (measured fastest), 0 = per tensor
     threads: int = 0               # OMP threads per worker (0: the environment, OMP_NUM_THREADS); tools/train.py sets it before MXNet starts
 
 
@@ -174,7 +175,8 @@ def validate(config, source):
     for key, value, low in (("data.images_per_identity", config.data.images_per_identity, 1),
                             ("data.num_workers", config.data.num_workers, 0), ("data.prefetch", config.data.prefetch, 0),
                             ("train.max_nonfinite", config.train.max_nonfinite, 1), ("output.keep", config.output.keep, 1),
-                            ("train.log_every", config.train.log_every, 1)):
+                            ("train.log_every", config.train.log_every, 1),
+                            ("train.allreduce_groups", config.train.allreduce_groups, 0)):
         if value < low:
             raise ConfigError(f"{source}: {key} must be at least {low}, got {value}")
     if not 0 <= config.data.max_bad_records <= 1:

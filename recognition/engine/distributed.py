@@ -122,9 +122,11 @@ def barrier():
         _hvd.allreduce(mx.nd.zeros((1,)), name=f"barrier.{_barriers[0]}").asnumpy()
 
 
-def make_trainer(params, optimizer, optimizer_params):
+def make_trainer(params, optimizer, optimizer_params, allreduce_groups=1):
     """``hvd.DistributedTrainer`` when distributed (gradients averaged over the global batch),
-    else ``gluon.Trainer``; both are stepped with the local batch size."""
+    else ``gluon.Trainer``; both are stepped with the local batch size. ``allreduce_groups``:
+    Horovod's grouped allreduce (1 = every gradient in one group; 0 = one allreduce per
+    parameter, left to tensor fusion); one group measured faster (bench/horovod_scaling.py)."""
     if _hvd is not None:
-        return _hvd.DistributedTrainer(params, optimizer, optimizer_params)
+        return _hvd.DistributedTrainer(params, optimizer, optimizer_params, num_groups=allreduce_groups)
     return mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)

@@ -109,7 +109,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
         optimizer_params["momentum"] = opt.momentum
     if opt.clip_gradient > 0:
         optimizer_params["clip_gradient"] = opt.clip_gradient
-    trainer = dist.make_trainer(params, opt.name, optimizer_params)
+    trainer = dist.make_trainer(params, opt.name, optimizer_params, config.train.allreduce_groups)
     # a sharded classifier block already holds the global batch's gradient: plain local updates
     local_trainer = mx.gluon.Trainer(local_params, opt.name, dict(optimizer_params), kvstore=None) \
         if list(local_params.keys()) else None
