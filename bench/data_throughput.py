@@ -27,12 +27,13 @@ committed sample tests/data/lfw_sample. Under horovodrun the shard is this rank'
 Prints one JSON object (also written atomically to ``--json-out``).
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+
+from recognition.fileio import print_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LFW_DEVTRAIN = "/work/shared/data/lfw-devtrain"
@@ -218,13 +219,7 @@ def main(argv=None):
         if best:
             result[path + "_cores_to_feed_step"] = need / best["per_core"]
     result["load_average_after"] = os.getloadavg()[0]
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json_out:
-        tmp = args.json_out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.json_out)
+    print_json(result, args.json_out, indent=1)
 
 
 if __name__ == "__main__":

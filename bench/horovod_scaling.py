@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from recognition.fileio import print_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -132,12 +134,7 @@ def main(argv=None):
         if base and "samples_per_sec" in row:
             row["ratio_to_first"] = row["samples_per_sec"] / base
     report = {"model": args.model, "classes": args.classes, "global_batch": args.global_batch, "layouts": rows}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json_out:
-        with open(args.json_out + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(args.json_out + ".tmp", args.json_out)
+    print_json(report, args.json_out, indent=1)
 
 
 if __name__ == "__main__":

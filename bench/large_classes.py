@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from recognition.fileio import print_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("full", "sharded", "pfc")
 
@@ -277,13 +279,7 @@ def main(argv=None):
             s, base = result["settings"][f"{mode}/{c}"], result["settings"].get(f"full/{c}", {})
             if "samples_per_sec" in s and "samples_per_sec" in base:
                 s["speedup_over_full"] = s["samples_per_sec"] / base["samples_per_sec"]
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json_out:
-        tmp = args.json_out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.json_out)
+    print_json(result, args.json_out, indent=1)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import os
 import sys
 import time
 
+from recognition.fileio import print_json
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -68,13 +70,7 @@ def main(argv=None):
         result.update(batch_size=args.batch_size, classes=args.classes, steps=args.steps,
                       warmup=args.warmup, act=args.act, results=throughput(mx, args, result["matmul_peak_gflops"]))
         result["hybrid_over_imperative"] = ratios(result["results"])
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        tmp = args.json_out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.json_out)
+    print_json(result, args.json_out, indent=2)
 
 
 def matmul_gflops(mx, n, reps=10):

@@ -21,3 +21,10 @@ def write_json_atomic(path, value, indent=1):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def print_json(value, path=None, indent=1):
+    """Print ``value`` as JSON (the benchmarks' output) and, with ``path``, also write it atomically."""
+    print(json.dumps(value, indent=indent))
+    if path:
+        write_json_atomic(path, value, indent=indent)

@@ -5,7 +5,6 @@ import sys
 
 import cv2
 import numpy as np
-import pytest
 
 from conftest import ROOT, SAMPLE, train_people
 from recognition.data.align import ARCFACE_TEMPLATE, align_face, read_landmarks, similarity_transform

@@ -8,7 +8,6 @@ import json
 import os
 import time
 
-import pytest
 
 from conftest import ROOT, run_horovod
 from test_faults import state_steps, train_args, write_tiny_config
