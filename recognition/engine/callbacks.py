@@ -30,6 +30,7 @@ class Logger:
         self.writer, self.bar = None, None
         self._last_time, self._last_step = time.time(), start_step
         self.samples_per_sec = 0.0
+        self.rates = []  # samples/s of every log interval
         if self.enabled:
             from mxboard import SummaryWriter
             from tqdm import tqdm
@@ -48,6 +49,7 @@ class Logger:
         done = step - self._last_step
         if done > 0:
             self.samples_per_sec = done * self.global_batch / max(now - self._last_time, 1e-9)
+            self.rates.append(self.samples_per_sec)
         self._last_time, self._last_step = now, step
         values = dict(values, samples_per_sec=self.samples_per_sec)
         self.scalars(step, values)
@@ -55,6 +57,11 @@ class Logger:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in
                                   ("loss", "lr", "train_acc", "samples_per_sec", "scale")}, refresh=False)
+
+    def median_samples_per_sec(self):
+        """Median over the log intervals, the first (start-up, first verification) left out."""
+        rates = self.rates[1:] or self.rates
+        return float(sorted(rates)[len(rates) // 2]) if rates else 0.0
 
     def message(self, text):
         if self.enabled:

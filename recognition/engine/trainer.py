@@ -282,7 +282,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
         batches.close()
         logger.close()
     results.update(steps=config.train.max_steps, best=best, skipped_updates=counters["skipped_updates"],
-                   bad_records=batches.bad_records, samples_per_sec=logger.samples_per_sec)
+                   bad_records=batches.bad_records, samples_per_sec=logger.median_samples_per_sec())
     if rank == 0:
         write_json_atomic(os.path.join(out_dir, "results.json"), results)
     return (results, net, head) if return_model else results
