@@ -50,3 +50,13 @@ def run_horovod(args, np=2, timeout=300, env=None):
     full_env.update(env or {})
     command = [horovodrun, "-np", str(np), "-H", f"localhost:{np}", "--gloo", sys.executable] + list(args)
     return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_worker_ranks(worker, out_dir, num_ranks, timeout=90):
+    """Run tests/workers/WORKER under a real horovodrun (``num_ranks`` processes); each rank saves
+    OUT.rank{r}.npz; returns the per-rank dicts of arrays."""
+    import numpy as np
+    out = os.path.join(str(out_dir), "result")
+    proc = run_horovod([os.path.join(ROOT, "tests", "workers", worker), out], np=num_ranks, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [dict(np.load("%s.rank%d.npz" % (out, r))) for r in range(num_ranks)]

@@ -10,16 +10,13 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "workers"))
 
-from conftest import run_horovod  # noqa: E402
+from conftest import run_worker_ranks  # noqa: E402
 from losses_worker import HEADS, SHARES, STEPS, global_batch, simulate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("losses") / "result")
-    proc = run_horovod([os.path.join(HERE, "workers", "losses_worker.py"), out], timeout=90)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [dict(np.load("%s.rank%d.npz" % (out, r))) for r in range(len(SHARES))]
+    return run_worker_ranks("losses_worker.py", tmp_path_factory.mktemp("losses"), len(SHARES))
 
 
 @pytest.mark.parametrize("key", list(HEADS))

@@ -12,7 +12,7 @@ from mxnet import autograd
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "workers"))
 
-from conftest import run_horovod  # noqa: E402
+from conftest import run_worker_ranks  # noqa: E402
 from mining_worker import SEED, SHARES, build_net, global_batch  # noqa: E402
 from recognition.losses.mining import STRATEGIES, select_triplets, squared_distances  # noqa: E402
 from recognition.losses.triplet import TripletLoss  # noqa: E402
@@ -20,10 +20,7 @@ from recognition.losses.triplet import TripletLoss  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("mining") / "result")
-    proc = run_horovod([os.path.join(HERE, "workers", "mining_worker.py"), out], timeout=90)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [dict(np.load("%s.rank%d.npz" % (out, r))) for r in range(len(SHARES))]
+    return run_worker_ranks("mining_worker.py", tmp_path_factory.mktemp("mining"), len(SHARES))
 
 
 def single_process(strategy, gathered, labels):

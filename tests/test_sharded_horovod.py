@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "workers"))
 sys.path.insert(0, HERE)
 
-from conftest import run_horovod  # noqa: E402
+from conftest import run_worker_ranks  # noqa: E402
 from sharded_worker import (C, D, HEADS, SHARES, TRAIN_OPT, TRAIN_STEPS, global_data, train_data,  # noqa: E402
                             train_init)
 from test_sharded import np_restricted  # noqa: E402
@@ -28,10 +28,7 @@ RANKS = len(SHARES)
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("sharded") / "result")
-    proc = run_horovod([os.path.join(HERE, "workers", "sharded_worker.py"), out], timeout=90)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [dict(np.load("%s.rank%d.npz" % (out, r))) for r in range(RANKS)]
+    return run_worker_ranks("sharded_worker.py", tmp_path_factory.mktemp("sharded"), RANKS)
 
 
 def joined(ranks, key):
