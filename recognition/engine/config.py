@@ -68,6 +68,7 @@ class TrainConfig:
     max_nonfinite: int = 5         # consecutive non-finite losses/gradients before stopping
     allreduce_groups: int = 1      # Horovod grouped allreduce: 1 group (measured fastest), 0 = per tensor
     threads: int = 0               # OMP threads per worker (0: the environment, OMP_NUM_THREADS); tools/train.py sets it before MXNet starts
+    precision: str = "float32"     # bfloat16: backbone computed in bf16 on CPU, float32 master weights and loss head
 
 
 @dataclass
@@ -103,6 +104,7 @@ CHOICES = {
     "optimizer.name": ("sgd", "nag", "adam", "adamw"),
     "optimizer.schedule": ("cosine", "step", "constant"),
     "verification.flip": ("sum", "concat", "none"),
+    "train.precision": ("float32", "bfloat16"),
 }
 
 

@@ -20,6 +20,7 @@ from recognition.fileio import write_json_atomic
 from recognition.losses import get_loss
 from recognition.losses.sharded import get_sharded_loss
 from recognition.models import get_model
+from recognition.models.precision import bfloat16_network
 
 from . import checkpoint
 from . import distributed as dist
@@ -38,8 +39,12 @@ def build_network(config, num_classes, ctx):
         kwargs["embedding_size"] = config.model.embedding_size
     net = get_model(config.model.name, **kwargs)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
-    with autograd.pause():
-        embedding_size = net(mx.nd.zeros((1, 3, 112, 112), ctx=ctx)).shape[1]
+    if config.train.hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    # a training-mode forward (nothing recorded, so no BatchNorm statistics move): in inference mode
+    # MKL-DNN reorders convolution weights in place into a layout that bfloat16 casts cannot read
+    with autograd.train_mode():
+        embedding_size = net(mx.nd.zeros((2, 3, 112, 112), ctx=ctx)).shape[1]
     if config.loss.sharded or config.loss.sample_ratio < 1:
         head = get_sharded_loss(config.loss.name, num_classes, embedding_size, sample_ratio=config.loss.sample_ratio,
                                 seed=config.train.seed, **config.loss.params)
@@ -51,9 +56,25 @@ def build_network(config, num_classes, ctx):
                         **config.loss.params)
         head.initialize(mx.init.Normal(0.01), ctx=ctx)
     if config.train.hybridize:
-        net.hybridize(static_alloc=True, static_shape=True)
         head.hybridize(static_alloc=True, static_shape=True)
     return net, head, embedding_size
+
+
+def compute_network(net, config, ctx):
+    """The block the training step (and in-training evaluation) runs: ``net`` itself in float32,
+    or for ``train.precision: bfloat16`` a bf16 graph of it that shares its float32 parameters
+    (recognition.models.precision); checkpoints and exports always come from ``net``."""
+    if config.train.precision == "float32":
+        return net
+    if ctx.device_type != "cpu":
+        raise TrainingError("train.precision bfloat16 is the CPU (MKL-DNN) path; on a GPU use float32")
+    try:
+        low = bfloat16_network(net)
+    except RuntimeError as err:
+        raise TrainingError(f"train.precision bfloat16: {err}") from None
+    if config.train.hybridize:
+        low.hybridize(static_alloc=True, static_shape=True)
+    return low
 
 
 def _split_params(net, head):
@@ -97,6 +118,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
         order = ShardedOrder(dataset, config.data.batch_size, rank, world, config.train.seed)
 
     net, head, embedding_size = build_network(config, dataset.num_classes, ctx)
+    compute_net = compute_network(net, config, ctx)
     if pretrained:
         checkpoint.load_pretrained(net, pretrained)
     params, local_params = _split_params(net, head)
@@ -164,7 +186,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
 
     def verify(step):
         dist.average_running_stats(params)
-        scores = verification(net)
+        scores = verification(compute_net)
         logger.scalars(step, {f"verification/{name}/accuracy": r["accuracy"] for name, r in scores.items()})
         logger.scalars(step, {f"verification/{name}/xnorm": r["xnorm"] for name, r in scores.items()})
         mean_accuracy = float(np.mean([r["accuracy"] for r in scores.values()]))
@@ -188,7 +210,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
         head state and optimizer untouched)."""
         before = [p.data().copy() for p in stateful]  # the forward moves BN statistics, AdaCos s, centres
         with autograd.record():
-            embeddings = net(data)
+            embeddings = compute_net(data)
             if hasattr(head, "update_state"):
                 head.update_state(embeddings.detach(), label)
             loss = head(embeddings, label) if triplets is None else head(embeddings, label, triplets)
@@ -238,7 +260,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                 last = (result + (label,)) if result else last
             else:
                 with autograd.predict_mode():
-                    pool_embeddings = net(data)
+                    pool_embeddings = compute_net(data)
                 if head.semi_online_pool.add(pool_embeddings, label_np, data_np):
                     for chunk in head.select_pool(max_images=config.data.batch_size):
                         chunk_label = mx.nd.array(chunk.labels, ctx=ctx)

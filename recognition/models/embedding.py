@@ -23,12 +23,14 @@ class PReLU(nn.HybridBlock):
     """Per-channel PReLU, ``y = max(x, 0) + alpha * min(x, 0)``, for NCHW feature maps.
 
     MXNet 1.9's own PReLU (``LeakyReLU(act_type='prelu')``, also behind ``gluon.nn.PReLU``) computes
-    the gradient of alpha with a slow generic reduction: in a conv3x3-BN-act training step on
-    64x128x28x28 it adds ~330 ms of CPU time where ReLU adds ~7 ms (bench/README.md). Written as
-    ``x + (alpha - 1) * min(x, 0)`` with the per-channel product done by a depthwise 1x1
-    convolution, the alpha gradient becomes a convolution weight gradient, which MKL-DNN computes
-    fast (~60 ms there). The mathematics, the parameter (``alpha``, shape (C,), init 0.25 as in
-    insightface and PyTorch) and the gradients are exactly those of PReLU.
+    the gradient of alpha with a slow generic reduction, and so does every composite built on
+    ``minimum``/``where``/broadcast products (``_backward_minimum_scalar`` alone took 15% of an
+    IResNet-18 step with 2 threads, and in bfloat16 it is 10x slower still). Here the same function is
+    written with MKL-DNN operators only: ``alpha * x + (1 - alpha) * relu(x)``, the two per-channel
+    products as depthwise 1x1 convolutions. The alpha gradient becomes two convolution weight
+    gradients, which MKL-DNN reduces fast, and the block runs natively in bfloat16 too
+    (recognition.models.precision). The parameter (``alpha``, shape (C,), init 0.25 as in
+    insightface and PyTorch) and the gradients are exactly those of PReLU (tests/test_models.py).
     """
 
     def __init__(self, channels, alpha_init=0.25, **kwargs):
@@ -36,11 +38,12 @@ class PReLU(nn.HybridBlock):
         self.channels = channels
         self.alpha = self.params.get("alpha", shape=(channels,), init=mx.init.Constant(alpha_init))
 
+    def _per_channel(self, F, x, scale):
+        return F.Convolution(x, weight=F.reshape(scale, shape=(-1, 1, 1, 1)), kernel=(1, 1),
+                             num_filter=self.channels, num_group=self.channels, no_bias=True)
+
     def hybrid_forward(self, F, x, alpha):
-        weight = F.reshape(alpha - 1.0, shape=(-1, 1, 1, 1))
-        negative = F.Convolution(F.minimum(x, 0.0), weight=weight, kernel=(1, 1), num_filter=self.channels,
-                                 num_group=self.channels, no_bias=True)
-        return x + negative
+        return self._per_channel(F, x, alpha) + self._per_channel(F, F.Activation(x, act_type="relu"), 1.0 - alpha)
 
     def __repr__(self):
         return f"{self.__class__.__name__}({self.channels})"
