@@ -34,17 +34,23 @@ def worker(args):
     from recognition.engine import distributed as dist
     from recognition.losses import get_loss
     from recognition.models import get_model
+    from recognition.models.precision import bfloat16_network
     dist.init()
     rank, size = dist.rank(), dist.size()
     batch = args.global_batch // size
     mx.random.seed(rank)
     net = get_model(args.model)
     net.initialize(mx.init.Xavier(magnitude=2))
-    dim = net(mx.nd.zeros((1, 3, 112, 112))).shape[1]
+    net.hybridize(static_alloc=True, static_shape=True)
+    with autograd.train_mode():  # not inference mode: see recognition.models.precision
+        dim = net(mx.nd.zeros((2, 3, 112, 112))).shape[1]
     head = get_loss("arcface", num_classes=args.classes, embedding_size=dim)
     head.initialize(mx.init.Normal(0.01))
-    net.hybridize(static_alloc=True, static_shape=True)
     head.hybridize(static_alloc=True, static_shape=True)
+    compute_net = net
+    if args.precision == "bfloat16":  # as the trainer's train.precision: bfloat16
+        compute_net = bfloat16_network(net)
+        compute_net.hybridize(static_alloc=True, static_shape=True)
     params = mx.gluon.ParameterDict()
     params.update(net.collect_params())
     params.update(head.collect_params())
@@ -60,7 +66,7 @@ def worker(args):
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
         with autograd.record():
-            loss = head(net(data), label)
+            loss = head(compute_net(data), label)
         loss.backward()
         mx.nd.waitall()
         middle = time.perf_counter()
@@ -77,6 +83,7 @@ def worker(args):
     if rank == 0:
         step_s = float(np.median(total))
         result = {"workers": size, "threads": int(os.environ.get("OMP_NUM_THREADS", "0")), "groups": args.groups,
+                  "precision": args.precision,
                   "global_batch": args.global_batch, "step_s": step_s,
                   "samples_per_sec": args.global_batch / step_s,
                   "allreduce_s": float(np.median(reduce)), "allreduce_share": float(np.median(reduce)) / step_s,
@@ -92,7 +99,8 @@ def run_layout(args, workers, threads, groups):
         result = os.path.join(tmp, "result.json")
         command = [sys.executable, os.path.abspath(__file__), "--worker", "--result", result,
                    "--model", args.model, "--classes", str(args.classes), "--global-batch", str(args.global_batch),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--groups", str(groups)]
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--groups", str(groups),
+                   "--precision", args.precision]
         if workers > 1:
             command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", str(workers),
                        "-H", f"localhost:{workers}", "--gloo"] + command
@@ -114,6 +122,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--layouts", default="1x2,2x1,2x1g1",
                    help="WORKERSxTHREADS[gGROUPS], comma separated; the first is the baseline")
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                   help="the backbone's compute precision (the trainer's train.precision)")
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--json-out")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -133,7 +143,8 @@ def main(argv=None):
     for row in rows:
         if base and "samples_per_sec" in row:
             row["ratio_to_first"] = row["samples_per_sec"] / base
-    report = {"model": args.model, "classes": args.classes, "global_batch": args.global_batch, "layouts": rows}
+    report = {"model": args.model, "precision": args.precision, "classes": args.classes,
+              "global_batch": args.global_batch, "layouts": rows}
     print_json(report, args.json_out, indent=1)
 
 

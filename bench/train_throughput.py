@@ -7,6 +7,10 @@ with momentum update, exactly as the trainer does it. Each model is measured hyb
 112x112 images and, with ``--rec DIR``, on batches read and decoded from a packed .rec by
 recognition.data (RecordDataset + TrainBatches, the training input path).
 
+With ``--precisions float32,bfloat16`` (the default) each model is also measured hybridized in
+bfloat16 (recognition.models.precision: float32 master weights, bf16 compute in the backbone),
+reported beside the float32 hybridized row of the same run.
+
 Achieved GFLOP/s counts a training step as 3 forward passes (forward, backward to the inputs,
 backward to the weights) of the backbone's convolutions and FC layers plus the head's
 (B x D) x (D x C) product, and is set against the float32 matrix-multiply rate of this machine
@@ -37,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="OpenMP threads for MXNet operators")
     p.add_argument("--classes", type=int, default=10000, help="classes of the ArcFace head")
     p.add_argument("--modes", default="hybrid,imperative", help="comma-separated: hybrid, imperative")
+    p.add_argument("--precisions", default="float32,bfloat16",
+                   help="comma-separated: float32, bfloat16 (recognition.models.precision; hybrid mode only)")
     p.add_argument("--act", default="prelu", help="backbone activation: prelu, prelu_native or relu")
     p.add_argument("--rec", default=None, help="folder with train.rec/train.idx/property: also time real batches")
     p.add_argument("--workers", type=int, default=2, help="decoding threads for --rec")
@@ -46,6 +52,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.modes = [m for m in args.modes.split(",") if m]
+    args.precisions = [m for m in args.precisions.split(",") if m]
+    for precision in args.precisions:
+        if precision not in ("float32", "bfloat16"):
+            p.error(f"--precisions: unknown precision {precision!r} (float32, bfloat16)")
     for mode in args.modes:
         if mode not in ("hybrid", "imperative"):
             p.error(f"--modes: unknown mode {mode!r} (hybrid, imperative)")
@@ -69,7 +79,8 @@ def main(argv=None):
     else:
         result.update(batch_size=args.batch_size, classes=args.classes, steps=args.steps,
                       warmup=args.warmup, act=args.act, results=throughput(mx, args, result["matmul_peak_gflops"]))
-        result["hybrid_over_imperative"] = ratios(result["results"])
+        result["hybrid_over_imperative"] = ratios(result["results"], "imperative")
+        result["bfloat16_over_float32"] = ratios(result["results"], "float32")
     print_json(result, args.json_out, indent=2)
 
 
@@ -86,21 +97,30 @@ def matmul_gflops(mx, n, reps=10):
     return round(2.0 * n ** 3 / best / 1e9, 2)
 
 
-def build(mx, name, act, classes):
+def build(mx, name, act, classes, mode, precision):
+    """(block the step runs, ArcFace head, trainer, embedding size), as the trainer builds them."""
     from recognition.losses import get_loss
     from recognition.models import default_initializer, get_model
+    from recognition.models.precision import bfloat16_network
 
     kwargs = {} if name.startswith("gluoncv:") else {"act": act}
     net = get_model(name, **kwargs)
     net.initialize(default_initializer())
-    with mx.autograd.pause():
-        dim = net(mx.nd.zeros((1, 3, 112, 112))).shape[1]
+    if mode == "hybrid":
+        net.hybridize(static_alloc=True, static_shape=True)
+    with mx.autograd.train_mode():  # not inference mode: see recognition.models.precision
+        dim = net(mx.nd.zeros((2, 3, 112, 112))).shape[1]
     head = get_loss("arcface", num_classes=classes, embedding_size=dim)
     head.initialize(mx.init.Normal(0.01))
+    if mode == "hybrid":
+        head.hybridize(static_alloc=True, static_shape=True)
     params = mx.gluon.ParameterDict()
     params.update(net.collect_params())
     params.update(head.collect_params())
     trainer = mx.gluon.Trainer(params, "sgd", {"learning_rate": 0.01, "momentum": 0.9, "wd": 5e-4})
+    if precision == "bfloat16":
+        net = bfloat16_network(net)
+        net.hybridize(static_alloc=True, static_shape=True)
     return net, head, trainer, dim
 
 
@@ -169,23 +189,25 @@ def throughput(mx, args, peak):
             rec_batches(mx, args.rec, args.batch_size, 0)
         except RecordError as err:
             raise SystemExit(f"--rec: {err}") from None
+    from recognition.models.precision import bfloat16_supported
+    # float32 is always measured (the baseline); bfloat16, a rewrite of the hybridized graph, only
+    # hybridized and where the CPU runs it
+    runs = [(mode, "float32") for mode in args.modes] + \
+        [("hybrid", "bfloat16")] * ("bfloat16" in args.precisions and "hybrid" in args.modes and bfloat16_supported())
     rows = []
     for name in args.models:
         fwd_flops = flops[name]
         for source, root in sources:
-            for mode in args.modes:
+            for mode, precision in runs:
                 if root:
                     batches, rec_classes = rec_batches(mx, root, args.batch_size, args.workers)
                     classes = max(args.classes, rec_classes)
                 else:
                     classes = args.classes
                     batches = synthetic_batches(mx, args.batch_size, classes)
-                net, head, trainer, dim = build(mx, name, args.act, classes)
-                if mode == "hybrid":
-                    net.hybridize(static_alloc=True, static_shape=True)
-                    head.hybridize(static_alloc=True, static_shape=True)
+                net, head, trainer, dim = build(mx, name, args.act, classes, mode, precision)
                 walls, cpus = [], []
-                for i in tqdm(range(args.warmup + args.steps), desc=f"{name} {source} {mode}", file=sys.stderr,
+                for i in tqdm(range(args.warmup + args.steps), desc=f"{name} {source} {mode} {precision}", file=sys.stderr,
                               leave=False):
                     wall, cpu = train_step(mx, net, head, trainer, batches, args.batch_size)
                     if i >= args.warmup:
@@ -196,7 +218,7 @@ def throughput(mx, args, peak):
                 step_s, cpu_s = sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
                 # training ~ 3 forwards: forward, gradient to the inputs, gradient to the weights
                 gflops = 3 * args.batch_size * (fwd_flops + 2 * dim * classes) / step_s / 1e9
-                rows.append({"model": name, "source": source, "mode": mode,
+                rows.append({"model": name, "source": source, "mode": mode, "precision": precision,
                              "samples_per_s": round(args.batch_size / step_s, 2),
                              "step_ms_median": round(step_s * 1000, 1),
                              "step_ms_min": round(min(walls) * 1000, 1),
@@ -212,12 +234,22 @@ def throughput(mx, args, peak):
     return rows
 
 
-def ratios(rows):
+def ratios(rows, over):
+    """samples/s of each hybridized row over its baseline row of the same run: the imperative
+    float32 one (``over="imperative"``) or the hybridized float32 one (``over="float32"``)."""
     out = {}
-    by_key = {(r["model"], r["source"], r["mode"]): r["samples_per_s"] for r in rows}
-    for (model, source, mode), rate in by_key.items():
-        if mode == "hybrid" and (model, source, "imperative") in by_key:
-            out[f"{model}/{source}"] = round(rate / by_key[(model, source, "imperative")], 3)
+    by_key = {(r["model"], r["source"], r["mode"], r["precision"]): r["samples_per_s"] for r in rows}
+    for (model, source, mode, precision), rate in by_key.items():
+        if mode != "hybrid":
+            continue
+        if over == "imperative" and precision == "float32":
+            base = by_key.get((model, source, "imperative", "float32"))
+        elif over == "float32" and precision != "float32":
+            base = by_key.get((model, source, "hybrid", "float32"))
+        else:
+            continue
+        if base:
+            out[f"{model}/{source}" + (f"/{precision}" if over == "float32" else "")] = round(rate / base, 3)
     return out
 
 
