@@ -42,6 +42,13 @@ def set_threads(threads):
     os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 
 
+def start(args):
+    """What every face benchmark does first, in this order: the OpenMP threads (before MXNet is
+    imported), the split (packed and cached), the environment record. Returns (manifest, env)."""
+    set_threads(args.threads)
+    return prepare_split(args), environment()
+
+
 def add_split_args(parser):
     """The options that define the LFW split (shared so both face benchmarks use the same one)."""
     parser.add_argument("--data", default=LFW_DEVTRAIN,

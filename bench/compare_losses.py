@@ -95,9 +95,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.render:
         return common.rerender(args.render, render)
-    common.set_threads(args.threads)
-    manifest = common.prepare_split(args)
-    env = common.environment()
+    manifest, env = common.start(args)
     runs_dir = os.path.join(args.work_dir, "losses")
     rows = []
     started = time.time()

@@ -171,9 +171,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.render:
         return common.rerender(args.render, render)
-    common.set_threads(args.threads)
-    manifest = common.prepare_split(args)
-    env = common.environment()
+    manifest, env = common.start(args)
     started = time.time()
     pretrained, origin = find_or_train_pretrained(args, manifest)
     common.log(f"fine-tuning from {origin}")

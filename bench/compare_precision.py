@@ -69,12 +69,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.render:
         return common.rerender(args.render, render)
-    common.set_threads(args.threads)
+    manifest, env = common.start(args)
     from recognition.models.precision import bfloat16_supported
     if not bfloat16_supported():
         raise SystemExit("compare_precision: this CPU/MXNet build cannot run bfloat16 (MKL-DNN, AVX-512)")
-    manifest = common.prepare_split(args)
-    env = common.environment()
     extra = [f"model.name={args.model}"] if args.model else []
     rows, started = [], time.time()
     for precision in PRECISIONS:

@@ -61,9 +61,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.render:
         return common.rerender(args.render, render)
-    common.set_threads(args.threads)
-    manifest = common.prepare_split(args)
-    env = common.environment()
+    manifest, env = common.start(args)
     out_dir = os.path.join(args.work_dir, "product_goal")
     overrides = [f"data.root={manifest['rec']}", f"verification.bins={manifest['bin']}", f"output.dir={out_dir}",
                  f"data.num_workers={args.workers}"] + list(args.set)

@@ -138,4 +138,4 @@ def test_trainer_runs_bfloat16_and_saves_float32(sample_rec, tmp_path):
 def test_unknown_precision_is_refused(sample_rec, tmp_path):
     from recognition.engine.config import ConfigError
     with pytest.raises(ConfigError, match="train.precision"):
-        load_config(None, [f"data.root={sample_rec}", "train.precision=float16"])
+        load_config(None, [f"data.root={sample_rec}", "train.precision=int8"])

@@ -68,7 +68,9 @@ class TrainConfig:
     max_nonfinite: int = 5         # consecutive non-finite losses/gradients before stopping
     allreduce_groups: int = 1      # Horovod grouped allreduce: 1 group (measured fastest), 0 = per tensor
     threads: int = 0               # OMP threads per worker (0: the environment, OMP_NUM_THREADS); tools/train.py sets it before MXNet starts
-    precision: str = "float32"     # bfloat16: backbone computed in bf16 on CPU, float32 master weights and loss head
+    precision: str = "float32"     # bfloat16 (CPU) / float16 (GPU): backbone computed in 16 bits, float32 master weights and loss head
+    loss_scale: str = "auto"       # dynamic loss scaling: auto (for float16), dynamic, none
+    loss_scale_init: float = 65536.0  # its starting scale (halved on overflow, doubled after 2000 finite steps)
 
 
 @dataclass
@@ -104,7 +106,8 @@ CHOICES = {
     "optimizer.name": ("sgd", "nag", "adam", "adamw"),
     "optimizer.schedule": ("cosine", "step", "constant"),
     "verification.flip": ("sum", "concat", "none"),
-    "train.precision": ("float32", "bfloat16"),
+    "train.precision": ("float32", "bfloat16", "float16"),
+    "train.loss_scale": ("auto", "dynamic", "none"),
 }
 
 
@@ -172,6 +175,8 @@ def validate(config, source):
             raise ConfigError(f"{source}: {key} must be positive, got {value}")
     if not 0 < config.loss.sample_ratio <= 1:
         raise ConfigError(f"{source}: loss.sample_ratio must be in (0, 1], got {config.loss.sample_ratio}")
+    if config.train.loss_scale_init <= 0:
+        raise ConfigError(f"{source}: train.loss_scale_init must be positive, got {config.train.loss_scale_init}")
     if config.optimizer.lr <= 0:
         raise ConfigError(f"{source}: optimizer.lr must be positive, got {config.optimizer.lr}")
     for key, value, low in (("data.images_per_identity", config.data.images_per_identity, 1),

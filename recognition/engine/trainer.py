@@ -20,12 +20,13 @@ from recognition.fileio import write_json_atomic
 from recognition.losses import get_loss
 from recognition.losses.sharded import get_sharded_loss
 from recognition.models import get_model
-from recognition.models.precision import bfloat16_network
+from recognition.models.precision import low_precision_network
 
 from . import checkpoint
 from . import distributed as dist
 from .callbacks import Logger, Verification, learning_rate
 from .config import to_dict
+from .loss_scale import DynamicLossScaler
 
 
 class TrainingError(RuntimeError):
@@ -62,16 +63,15 @@ def build_network(config, num_classes, ctx):
 
 def compute_network(net, config, ctx):
     """The block the training step (and in-training evaluation) runs: ``net`` itself in float32,
-    or for ``train.precision: bfloat16`` a bf16 graph of it that shares its float32 parameters
-    (recognition.models.precision); checkpoints and exports always come from ``net``."""
+    or for ``train.precision`` bfloat16 / float16 a low-precision graph of it that shares its
+    float32 parameters (recognition.models.precision); checkpoints and exports always come from
+    ``net``."""
     if config.train.precision == "float32":
         return net
-    if ctx.device_type != "cpu":
-        raise TrainingError("train.precision bfloat16 is the CPU (MKL-DNN) path; on a GPU use float32")
     try:
-        low = bfloat16_network(net)
+        low = low_precision_network(net, config.train.precision, ctx)
     except RuntimeError as err:
-        raise TrainingError(f"train.precision bfloat16: {err}") from None
+        raise TrainingError(f"train.precision {config.train.precision}: {err}") from None
     if config.train.hybridize:
         low.hybridize(static_alloc=True, static_shape=True)
     return low
@@ -89,9 +89,19 @@ def _split_params(net, head):
     return replicated, local
 
 
-def _global_grad_norm_sq(params):
+def _nonfinite_probe(params):
+    """0 when every gradient of ``params`` is finite, NaN otherwise: the sum of gradient x 0
+    (inf x 0 and NaN x 0 are NaN). Unlike a squared norm it cannot overflow on large finite
+    gradients (loss-scaled ones reach 1e19, whose squares exceed float32)."""
     grads = [p.grad() for p in params.values() if p.grad_req != "null"]
-    return float(mx.nd.add_n(*[mx.nd.sum(mx.nd.square(g)) for g in grads]).asscalar())
+    return float(mx.nd.add_n(*[mx.nd.sum(g * 0) for g in grads]).asscalar())
+
+
+def loss_scaler(config):
+    """Dynamic loss scaling for float16 (``train.loss_scale: auto``), or where asked for."""
+    wanted = config.train.loss_scale == "dynamic" or (config.train.loss_scale == "auto"
+                                                       and config.train.precision == "float16")
+    return DynamicLossScaler(init_scale=config.train.loss_scale_init) if wanted else None
 
 
 def _seed(seed):
@@ -137,6 +147,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
         if list(local_params.keys()) else None
     head_params = head.shared_params() if local_trainer else None  # checkpointed by rank 0
 
+    scaler = loss_scaler(config)
     start_step, best = 0, {"accuracy": -1.0}
     resume_dir = checkpoint.latest_state(out_dir) if resume == "auto" else resume
     if resume_dir:
@@ -145,6 +156,8 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             checkpoint.load_shard(resume_dir, rank, local_params, local_trainer)
             head.set_step(meta["step"])
         start_step, best = meta["step"], meta.get("best", best)
+        if scaler and "loss_scale" in meta:
+            scaler.load_state_dict(meta["loss_scale"])
         if rank == 0:
             log(f"resumed from {resume_dir} at step {start_step}")
     elif resume == "auto" and rank == 0:
@@ -178,6 +191,8 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
         if rank != 0:
             return True
         extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch}
+        if scaler:
+            extra["loss_scale"] = scaler.state_dict()
         if hasattr(head, "scale"):
             extra["scale"] = float(head.scale)
         return checkpoint.save_state(out_dir, step, net, head, trainer, dict(meta_base, **extra),
@@ -204,29 +219,43 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
 
     stateful = [p for p in list(params.values()) + list(local_params.values()) if p.grad_req == "null"]
 
-    def update(step, data, label, triplets=None):
-        """One optimizer update on (data, label); returns (loss, embeddings), or None when the
-        gradient was non-finite and the update was skipped (parameters, BatchNorm statistics,
-        head state and optimizer untouched)."""
+    def predicted_classes(embeddings):
+        with autograd.pause():
+            return head.predict_class(embeddings) if hasattr(head, "predict_class") \
+                else head.predict(embeddings).argmax(axis=1)
+
+    def update(step, data, label, triplets=None, predict=False):
+        """One optimizer update on (data, label); returns (loss, predicted classes or None), or
+        None when the gradient was non-finite and the update was skipped (parameters, BatchNorm
+        statistics, head state and optimizer untouched). ``predict``: also the head's class
+        predictions for this batch, taken before the update, as the forward saw them (after it,
+        the classifier rows of this batch's classes have just moved towards these very
+        embeddings, which flatters the accuracy early in training)."""
         before = [p.data().copy() for p in stateful]  # the forward moves BN statistics, AdaCos s, centres
         with autograd.record():
             embeddings = compute_net(data)
             if hasattr(head, "update_state"):
                 head.update_state(embeddings.detach(), label)
             loss = head(embeddings, label) if triplets is None else head(embeddings, label, triplets)
-        loss.backward()
+            scaled = loss * scaler.scale if scaler else loss
+        scaled.backward()
         trainer.allreduce_grads()
         # identical on every rank after the allreduce, so all ranks skip together; a sharded
-        # classifier block's gradient is per rank, so its norm is summed over the ranks first
-        norm_sq = _global_grad_norm_sq(params)
+        # classifier block's gradient is per rank, so its probe is summed over the ranks first
+        probe = _nonfinite_probe(params)
         if local_trainer:
-            local_sq = mx.nd.array([_global_grad_norm_sq(local_params)], dtype="float64")
-            norm_sq += float(dist.allreduce_sum(local_sq, name="local_grad_norm").asscalar())
-        if not np.isfinite(norm_sq):
+            local_probe = mx.nd.array([_nonfinite_probe(local_params)], dtype="float64")
+            probe += float(dist.allreduce_sum(local_probe, name="local_grad_norm").asscalar())
+        if not np.isfinite(probe):
             for param, value in zip(stateful, before):
                 param.set_data(value)
-            counters["nonfinite_in_row"] += 1
             counters["skipped_updates"] += 1
+            if scaler and not scaler.at_minimum:  # the scaled gradients overflowed: a smaller scale
+                logger.message(f"step {step}: gradients overflowed at loss scale {scaler.scale:g}; "
+                               f"update skipped, scale halved")
+                scaler.update(False)
+                return None
+            counters["nonfinite_in_row"] += 1
             logger.scalars(step, {"nonfinite_skipped": counters["skipped_updates"]})
             logger.message(f"step {step}: non-finite loss or gradient, update skipped "
                            f"({counters['nonfinite_in_row']} in a row)")
@@ -235,14 +264,21 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                                     f"stopping (last good checkpoint kept in {out_dir}/checkpoints)")
             return None
         counters["nonfinite_in_row"] = 0
-        trainer.update(data.shape[0])
+        predicted = predicted_classes(embeddings) if predict else None
+        # Trainer.update divides the gradients by its argument: dividing by the loss scale too
+        # undoes the scaling (exact for powers of two) before clipping, weight decay and momentum
+        unscale = scaler.scale if scaler else 1.0
+        if scaler:
+            scaler.update(True)
+        trainer.update(data.shape[0] * unscale)
         if local_trainer:
-            local_trainer.update(data.shape[0] * world)
-        return loss, embeddings
+            local_trainer.update(data.shape[0] * world * unscale)
+        return loss, predicted
 
     # semi-online triplet mining (MassFace Table 4): embeddings of the last N batches, computed
     # without gradient, form the pool; the mined images are forwarded again for the updates.
     semi_online = getattr(head, "semi_online_pool", None) is not None
+    can_predict = hasattr(head, "predict") or hasattr(head, "predict_class")
     last = None
     last_saved = start_step
     try:
@@ -255,8 +291,9 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                                opt.lr_steps, opt.lr_factor)
             for each in (trainer, local_trainer) if local_trainer else (trainer,):
                 each.set_learning_rate(lr)
+            log_step = (step + 1) % config.train.log_every == 0 or step + 1 == config.train.max_steps
             if not semi_online:
-                result = update(step, data, label)
+                result = update(step, data, label, predict=log_step and can_predict)
                 last = (result + (label,)) if result else last
             else:
                 with autograd.predict_mode():
@@ -268,14 +305,11 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                         last = (result + (chunk_label,)) if result else last
             done = step + 1
 
-            if (done % config.train.log_every == 0 or done == config.train.max_steps) and last:
-                loss, embeddings, loss_label = last
+            if log_step and last:
+                loss, predicted, loss_label = last
                 values = {"loss": float(loss.mean().asscalar()), "lr": trainer.learning_rate,
                           "epoch": done / batches.steps_per_epoch}
-                if hasattr(head, "predict") or hasattr(head, "predict_class"):
-                    with autograd.pause():
-                        predicted = head.predict_class(embeddings) if hasattr(head, "predict_class") \
-                            else head.predict(embeddings).argmax(axis=1)
+                if predicted is not None:
                     values["train_acc"] = float((predicted == loss_label).mean().asscalar())
                 if hasattr(head, "last_num_triplets"):
                     values["triplets"] = head.last_num_triplets
@@ -283,6 +317,8 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                     values["scale"] = float(head.scale)
                 if batches.bad_records:
                     values["bad_records"] = batches.bad_records
+                if scaler:
+                    values["loss_scale"] = scaler.scale
                 logger.step(done, values)
             if verification and config.verification.every and done % config.verification.every == 0 \
                     and done != config.train.max_steps:
