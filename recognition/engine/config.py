@@ -22,6 +22,8 @@ class DataConfig:
     num_workers: int = 1           # decoding threads per worker
     prefetch: int = 4              # batches decoded ahead
     flip: bool = True              # random horizontal flip
+    color_jitter: float = 0.0      # brightness/contrast/saturation factors in 1 +- x (insightface data_color uses 0.125)
+    cutoff: int = 0                # side of the grey square painted on half of the images (insightface data_cutoff)
     sampler: str = "random"        # random | pk (P identities x K images, for triplet)
     images_per_identity: int = 4   # K of the P x K sampler
     small_identities: str = "replace"  # identities with fewer than K images: replace | skip
@@ -175,6 +177,10 @@ def validate(config, source):
             raise ConfigError(f"{source}: {key} must be positive, got {value}")
     if not 0 < config.loss.sample_ratio <= 1:
         raise ConfigError(f"{source}: loss.sample_ratio must be in (0, 1], got {config.loss.sample_ratio}")
+    if not 0 <= config.data.color_jitter < 1:
+        raise ConfigError(f"{source}: data.color_jitter must be in [0, 1), got {config.data.color_jitter}")
+    if config.data.cutoff < 0:
+        raise ConfigError(f"{source}: data.cutoff must be 0 (off) or a positive side in pixels, got {config.data.cutoff}")
     if config.train.loss_scale_init <= 0:
         raise ConfigError(f"{source}: train.loss_scale_init must be positive, got {config.train.loss_scale_init}")
     if config.optimizer.lr <= 0:

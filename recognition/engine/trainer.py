@@ -163,7 +163,8 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     elif resume == "auto" and rank == 0:
         log(f"no checkpoint in {out_dir}/checkpoints; starting from scratch")
 
-    batches = TrainBatches(dataset, order, flip=config.data.flip,
+    batches = TrainBatches(dataset, order, flip=config.data.flip, color_jitter=config.data.color_jitter,
+                           cutoff=config.data.cutoff,
                            num_workers=0 if config.train.deterministic else config.data.num_workers,
                            prefetch=0 if config.train.deterministic else config.data.prefetch,
                            max_bad_share=config.data.max_bad_records, start_step=start_step,
