@@ -31,8 +31,6 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-PRECISIONS = ("float32", "bfloat16", "float16")
-
 # MXNet's bfloat16 type (the same object as mxnet.contrib.amp.bfloat16): numpy has no bf16
 BFLOAT16 = np.dtype([("bfloat16", np.uint16)])
 _MX_DTYPES = {"bfloat16": BFLOAT16, "float16": "float16", "float32": "float32"}
