@@ -92,19 +92,23 @@ def test_demo_config_is_valid():
 
 
 def test_horovodrun_sharded_partial_fc_checkpoint_and_resume(sample_rec, tmp_path):
-    """Classifier split over 2 workers with Partial FC: each rank saves its own block; resuming
-    under horovodrun continues from the saved step."""
+    """Classifier split over 2 workers with Partial FC: rank 0 writes every block (sent to it
+    through Horovod); resuming under horovodrun continues from the saved step."""
     out = tmp_path / "run"
     sharded = ["loss.sharded=true", "loss.sample_ratio=0.5", "output.checkpoint_every=2"]
     worker = os.path.join(ROOT, "tests", "workers", "train_worker.py")
     first = run_horovod([worker, str(tmp_path)] + _overrides(sample_rec, out, 2, sharded), timeout=420)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     state = out / "checkpoints" / "step-00000002"
-    assert (state / "head-shard-rank0.params").exists() and (state / "head-shard-rank1.params").exists()
-    blocks = [_params(state / f"head-shard-rank{r}.params") for r in (0, 1)]
-    rows = [next(iter(b.values())).shape[0] for b in blocks]
-    assert sum(rows) == 20  # the sample_rec fixture has 20 identities, 10 per rank
+    blocks = [_params(state / checkpoint.BLOCK_FILE.format(r)) for r in (0, 1)]
+    assert [b["weight"].shape[0] for b in blocks] == [10, 10]  # the fixture's 20 identities, 10 per rank
+    assert all(b["weight.state.0"].shape == b["weight"].shape for b in blocks)  # SGD momentum
+    meta = json.loads((state / "meta.json").read_text())
+    assert meta["head_blocks"] == [[0, 10], [10, 20]]
     saved_block = [_params(tmp_path / f"head-rank{r}.params") for r in (0, 1)]
+    for r in (0, 1):  # what rank 0 wrote is what each rank held
+        live = saved_block[r]
+        np.testing.assert_array_equal(blocks[r]["weight"], next(v for k, v in live.items() if k.endswith("weight")))
     resumed = run_horovod([worker, str(tmp_path), "--resume"] + _overrides(sample_rec, out, 4, sharded), timeout=420)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr

@@ -29,8 +29,12 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # under horovodrun every host checks the data and .bin paths itself and all are reported
+    # (distributed.launched_by_horovodrun, which would import MXNet before train.threads is set)
+    under_horovodrun = "HOROVOD_RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ
     try:
-        config = load_config(args.config, args.set, check_files=not args.print_config)
+        config = load_config(args.config, args.set, check_files=not args.print_config,
+                             check_paths=not under_horovodrun)
     except ConfigError as err:
         raise SystemExit(f"train: {err}")
     if config.train.threads:  # read by MXNet's engine when it starts, so before importing mxnet

@@ -34,21 +34,33 @@ def epoch_rng(seed, epoch, salt=0):
 
 
 class ShardedOrder:
-    """Record indices of each step for one rank: random permutation sharded across ranks."""
+    """Record indices of each step for one rank: random permutation sharded across ranks.
+
+    A step consumes ``stride`` = batch x ranks consecutive positions of the epoch's permutation,
+    each rank every ranks-th of them, so after t steps the epoch's first t x stride positions are
+    used whatever the number of ranks: a run resumed at global position p with another number of
+    workers goes on at p, and no image of the epoch is seen twice or skipped (only the epoch's
+    tail shorter than one global batch is left out, as in every epoch)."""
 
     def __init__(self, dataset, batch_size, rank=0, num_ranks=1, seed=0):
         self.indices = dataset.image_indices
         self.batch_size, self.rank, self.num_ranks, self.seed = batch_size, rank, num_ranks, seed
-        per_rank = len(self.indices) // num_ranks
-        self.steps_per_epoch = per_rank // batch_size
+        self.stride = batch_size * num_ranks
+        self.steps_per_epoch = len(self.indices) // self.stride
         if self.steps_per_epoch == 0:
             raise ValueError(f"{dataset.rec_path}: {len(self.indices)} images are fewer than one batch of "
                              f"{batch_size} per worker x {num_ranks} workers")
 
-    def epoch(self, epoch):
+    def rows(self, offset):
+        """Steps left in an epoch from global position ``offset``."""
+        return max(len(self.indices) - offset, 0) // self.stride
+
+    def epoch(self, epoch, offset=0):
+        """This rank's (steps, batch) record indices of ``epoch`` from global position ``offset``."""
         perm = epoch_rng(self.seed, epoch).permutation(self.indices)
-        shard = perm[self.rank::self.num_ranks][:self.steps_per_epoch * self.batch_size]
-        return shard.reshape(self.steps_per_epoch, self.batch_size)
+        rows = self.rows(offset)
+        shard = perm[offset + self.rank:offset + rows * self.stride:self.num_ranks]
+        return shard.reshape(rows, self.batch_size)
 
 
 class PKOrder:
@@ -59,27 +71,39 @@ class PKOrder:
         self.sampler = PKSampler(dataset.identity_ranges, batch_size // images_per_identity,
                                  images_per_identity, rank=rank, num_ranks=num_ranks, seed=seed, small=small)
         self.batch_size, self.seed = batch_size, seed
+        self.stride = batch_size * num_ranks
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{dataset.rec_path}: too few identities for one P x K batch per worker")
 
-    def epoch(self, epoch):
+    def rows(self, offset):
+        return max(self.steps_per_epoch - offset // self.stride, 0)
+
+    def epoch(self, epoch, offset=0):
+        """P x K batches are drawn per rank, not from one global order: a position is whole steps."""
         self.sampler.set_epoch(epoch)
-        return np.stack([np.asarray(batch) for batch in self.sampler])
+        return np.stack([np.asarray(batch) for batch in self.sampler])[offset // self.stride:]
 
 
 class TrainBatches:
     """Iterator of (data float32 (B,3,H,W) RGB 0..255, labels float32 (B,)) numpy batches.
 
-    ``start_step`` resumes in the middle of an epoch. ``num_workers`` = 0 decodes inline.
+    ``start_step`` resumes in the middle of an epoch, at ``start_position`` = (epoch, global
+    position in it) when given (a checkpoint's ``data_position``, which stays right when the number
+    of workers changed), else where ``start_step`` falls with the current number of workers.
+    ``num_workers`` = 0 decodes inline.
     """
 
     def __init__(self, dataset, order, flip=True, num_workers=1, prefetch=4, max_bad_share=0.01,
-                 start_step=0, log=None, color_jitter=0.0, cutoff=0):
+                 start_step=0, log=None, color_jitter=0.0, cutoff=0, start_position=None):
         self.dataset, self.order, self.flip = dataset, order, flip
         self.color_jitter, self.cutoff = color_jitter, cutoff  # recognition.data.augment
         self.num_workers, self.prefetch, self.max_bad_share = num_workers, prefetch, max_bad_share
-        self.step = start_step
+        self.step = self.start_step = start_step
+        if start_position is None:
+            epoch, row = divmod(start_step, order.steps_per_epoch)
+            start_position = (epoch, row * order.stride)
+        self.start_position = (int(start_position[0]), int(start_position[1]))
         self.seen_records = 0
         self.bad = {}  # record index -> problem, each corrupt record once
         self.log = log or (lambda message: print(message, file=sys.stderr))
@@ -114,11 +138,23 @@ class TrainBatches:
         image = augment.apply(image, augmentation, self.cutoff)
         return (image.transpose(2, 0, 1), label), None
 
+    def position(self, step):
+        """(epoch, global position in the epoch) where the batch of ``step`` (>= start_step) starts."""
+        epoch, offset = self.start_position
+        k = step - self.start_step
+        first = self.order.rows(offset)
+        if k < first:
+            return epoch, offset + k * self.order.stride
+        k -= first
+        return epoch + 1 + k // self.order.steps_per_epoch, (k % self.order.steps_per_epoch) * self.order.stride
+
     def _make_batch(self, step):
-        epoch, position = divmod(step, self.order.steps_per_epoch)
+        epoch, offset = self.position(step)
+        base = self.start_position[1] if epoch == self.start_position[0] else 0
         if self._epoch_cache[0] != epoch:
-            self._epoch_cache = (epoch, self.order.epoch(epoch))
-        indices = self._epoch_cache[1][position]
+            self._epoch_cache = (epoch, self.order.epoch(epoch, base))
+        indices = self._epoch_cache[1][(offset - base) // self.order.stride]
+        position = offset // self.order.stride  # the step's index in the epoch: seeds its flips
         flips = epoch_rng(self.order.seed, epoch, 1 + position).random(len(indices)) < 0.5 \
             if self.flip else np.zeros(len(indices), bool)
         # a stream of its own, so turning augmentations on leaves the flips as they were

@@ -3,6 +3,7 @@ learning-rate schedule. Rank 0 writes and prints; every rank takes part in verif
 embedding is shared across workers."""
 import math
 import os
+import sys
 import time
 
 from . import distributed as dist
@@ -21,13 +22,21 @@ def learning_rate(step, base_lr, total_steps, schedule="cosine", warmup_steps=0,
     return base_lr
 
 
+def _line_oriented():
+    """horovodrun (or a log file) collects the output: a carriage-return bar would pile up
+    there, so one line per log interval instead; a terminal keeps the tqdm bar."""
+    return dist.launched_by_horovodrun() or not sys.stderr.isatty()
+
+
 class Logger:
-    """tqdm progress bar with samples/s, and mxboard scalars, on rank 0 only."""
+    """tqdm progress bar (a line per log interval where the output is not a terminal) with
+    samples/s, and mxboard scalars, on rank 0 only."""
 
     def __init__(self, out_dir, total_steps, start_step, global_batch, enabled=True):
         self.enabled = enabled and dist.rank() == 0
         self.global_batch = global_batch
         self.writer, self.bar = None, None
+        self.total_steps = total_steps
         self._last_time, self._last_step = time.time(), start_step
         self.samples_per_sec = 0.0
         self.rates = []  # samples/s of every log interval
@@ -35,8 +44,9 @@ class Logger:
             from mxboard import SummaryWriter
             from tqdm import tqdm
             self.writer = SummaryWriter(logdir=os.path.join(out_dir, "logs"), flush_secs=10)
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                            dynamic_ncols=True, mininterval=1.0)
+            if not _line_oriented():
+                self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                                dynamic_ncols=True, mininterval=1.0)
 
     def scalars(self, step, values):
         if self.writer:
@@ -53,10 +63,14 @@ class Logger:
         self._last_time, self._last_step = now, step
         values = dict(values, samples_per_sec=self.samples_per_sec)
         self.scalars(step, values)
+        shown = {k: f"{v:.4g}" for k, v in values.items() if k in
+                 ("loss", "lr", "train_acc", "samples_per_sec", "scale")}
         if self.bar:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in
-                                  ("loss", "lr", "train_acc", "samples_per_sec", "scale")}, refresh=False)
+            self.bar.set_postfix(shown, refresh=False)
+        elif self.enabled:
+            print(f"train: step {step}/{self.total_steps} " + " ".join(f"{k}={v}" for k, v in shown.items()),
+                  flush=True)
 
     def median_samples_per_sec(self):
         """Median over the log intervals, the first (start-up, first verification) left out."""

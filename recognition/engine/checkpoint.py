@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 
 import mxnet as mx
 
@@ -20,6 +21,7 @@ from recognition.data.record import error_line
 from recognition.fileio import fsync_dir
 
 STATE_PATTERN = re.compile(r"^step-(\d{8})$")
+BLOCK_FILE = "head-block-{:04d}.params"  # a sharded classifier's block k (recognition.engine.shards)
 
 
 def _fsync_tree(folder):
@@ -33,19 +35,32 @@ def state_dir(out_dir, step):
     return os.path.join(out_dir, "checkpoints", f"step-{step:08d}")
 
 
-def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=(), head_params=None, shards_written=False):
+def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=(), head_params=None, blocks=()):
     """Write the training state of ``step``; returns its folder, or None when saving failed.
 
-    ``head_params``: save only these head parameters (a sharded head's replicated ones; each rank
-    has already put its own block in the temporary folder with save_shard: ``shards_written``).
+    ``head_params``: save only these head parameters (a sharded head's replicated ones); ``blocks``:
+    the sharded head's blocks as ``(k, {name: NDArray})`` (recognition.engine.shards.gather_blocks),
+    written as BLOCK_FILE k. ``blocks`` is always exhausted, also after a failure: the other ranks
+    are sending them.
     """
     final = state_dir(out_dir, step)
     tmp = final + ".tmp"
+    error = None
     try:
-        if not shards_written:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)
-            os.makedirs(tmp)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+    except OSError as err:
+        error = err
+    for k, arrays in blocks:
+        if error is None:
+            try:
+                mx.nd.save(os.path.join(tmp, BLOCK_FILE.format(k)), arrays)
+            except (OSError, mx.base.MXNetError) as err:
+                error = err
+    try:
+        if error is not None:
+            raise error
         net.save_parameters(os.path.join(tmp, "net.params"))
         if head_params is None:
             head.save_parameters(os.path.join(tmp, "head.params"))
@@ -118,29 +133,39 @@ def _load(path, load):
         raise ValueError(f"{path}: cannot be loaded ({error_line(err)})") from None
 
 
-def prepare_shards(out_dir, step):
-    """Rank 0, before every rank calls save_shard: a fresh temporary folder for ``step``."""
-    tmp = state_dir(out_dir, step) + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
+STATE_FILES = ("meta.json", "net.params", "head.params", "trainer.states")
 
 
-def save_shard(out_dir, step, rank, params, trainer):
-    """This rank's block of a sharded classifier (and its optimizer state) into the temporary
-    folder of ``step``; rank 0's save_state completes and renames the folder afterwards."""
-    tmp = state_dir(out_dir, step) + ".tmp"
-    params.save(os.path.join(tmp, f"head-shard-rank{rank}.params"))
-    trainer.save_states(os.path.join(tmp, f"head-shard-rank{rank}.states"))
+def read_state_files(folder):
+    """The files of a training state as ``{name: bytes}`` (rank 0 reads them for every rank:
+    the other hosts may not see rank 0's disk); ValueError naming what is missing."""
+    if not os.path.isfile(os.path.join(folder, "meta.json")):
+        raise ValueError(f"{folder}: not a complete checkpoint (no meta.json)")
+    files = {}
+    for name in STATE_FILES:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as f:
+                files[name] = f.read()
+        except OSError as err:
+            raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
+    return files
 
 
-def load_shard(folder, rank, params, trainer):
-    path = os.path.join(folder, f"head-shard-rank{rank}.params")
-    if not os.path.exists(path):
-        raise ValueError(f"{folder}: no classifier block for rank {rank}; resume with the number of "
-                         f"workers that wrote the checkpoint")
-    _load(path, params.load)
-    _load(os.path.join(folder, f"head-shard-rank{rank}.states"), trainer.load_states)
+def load_state_files(files, where, net, head, trainer, head_params=None):
+    """load_state from the bytes of read_state_files (written to a private temporary folder,
+    so MXNet's own loaders and checks run unchanged); ``where`` names the source in errors."""
+    folder = tempfile.mkdtemp(prefix="recognition-state-")
+    try:
+        for name, data in files.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+        try:
+            return load_state(folder, net, head, trainer, head_params)
+        except ValueError as err:
+            raise ValueError(str(err).replace(folder, where)) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def export_model(net, prefix, epoch):

@@ -164,7 +164,7 @@ def nest(path, value):
     return value
 
 
-def validate(config, source):
+def validate(config, source, files=True):
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -201,12 +201,23 @@ def validate(config, source):
         raise ConfigError(f"{source}: loss triplet needs data.sampler: pk (P identities x K images per batch)")
     if not config.data.root:
         raise ConfigError(f"{source}: data.root is not set (a folder with train.rec/train.idx/property)")
+    if files:
+        problems = missing_files(config)
+        if problems:
+            raise ConfigError(f"{source}: {problems[0]}")
+
+
+def missing_files(config):
+    """What the config names that this host cannot see, one message each (the trainer asks every
+    host of a multi-node job, since datasets are copied to each node's local disk)."""
+    problems = []
     for name in ("train.rec", "train.idx", "property"):
         if not os.path.isfile(os.path.join(config.data.root, name)):
-            raise ConfigError(f"{source}: data.root {config.data.root}: {name} not found")
+            problems.append(f"data.root {config.data.root}: {name} not found")
     for path in config.verification.bins:
         if not os.path.isfile(path):
-            raise ConfigError(f"{source}: verification.bins: {path} not found")
+            problems.append(f"verification.bins: {path} not found")
+    return problems
 
 
 def read_yaml(path, seen=()):
@@ -232,8 +243,11 @@ def read_yaml(path, seen=()):
     return values
 
 
-def load_config(path=None, overrides=(), check_files=True):
-    """Read ``path`` (YAML), apply ``overrides`` ("a.b=value"), validate, return a Config."""
+def load_config(path=None, overrides=(), check_files=True, check_paths=True):
+    """Read ``path`` (YAML), apply ``overrides`` ("a.b=value"), validate, return a Config.
+
+    ``check_files``: validate at all; ``check_paths``: also that the data and .bin files exist here
+    (off under horovodrun, where the trainer checks them on every host and reports them all)."""
     config = Config()
     source = path or "<defaults>"
     if path:
@@ -245,7 +259,7 @@ def load_config(path=None, overrides=(), check_files=True):
             continue
         _fill(config, nest(key, value), "--set")
     if check_files:
-        validate(config, source)
+        validate(config, source, files=check_paths)
     return config
 
 

@@ -6,6 +6,7 @@ code runs single-process. ``init()`` picks Horovod when it is importable and the
 started by ``horovodrun`` (or when ``force=True``).
 """
 import os
+import socket
 
 import mxnet as mx
 
@@ -103,6 +104,34 @@ def average_running_stats(params):
             averaged = _hvd.allreduce(value, average=True, name=f"stats.{name}")
             averaged.wait_to_read()  # Horovod ops are asynchronous
             param.set_data(averaged)
+
+
+def hostname():
+    return socket.gethostname()
+
+
+def where(rank_=None):
+    """'rank R on HOST' of this process (or of rank ``rank_`` once ``hosts()`` is known)."""
+    if rank_ is None:
+        return f"rank {rank()} on {hostname()}"
+    return f"rank {rank_} on {hosts()[rank_]}"
+
+
+_hosts = []
+
+
+def hosts():
+    """Every rank's hostname, in rank order (collective the first time, when distributed)."""
+    if not _hosts:
+        _hosts.extend(allgather_object(hostname(), name="hostnames"))
+    return _hosts
+
+
+def allgather_object(obj, name=None):
+    """The list of every worker's ``obj`` (picklable), in rank order."""
+    if _hvd is None or _hvd.size() == 1:
+        return [obj]
+    return _hvd.allgather_object(obj, name=name)
 
 
 def broadcast_object(obj, root_rank=0, name=None):

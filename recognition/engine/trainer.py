@@ -7,7 +7,10 @@ scaled by the number of workers.
 """
 import os
 import random
+import shlex
+import signal
 import sys
+import time
 
 import numpy as np
 
@@ -18,19 +21,87 @@ from recognition.data.dataset import PKOrder, ShardedOrder, TrainBatches
 from recognition.data.record import RecordDataset
 from recognition.fileio import write_json_atomic
 from recognition.losses import get_loss
-from recognition.losses.sharded import get_sharded_loss
+from recognition.losses.sharded import get_sharded_loss, shard_range
 from recognition.models import get_model
 from recognition.models.precision import low_precision_network
 
-from . import checkpoint
+from . import checkpoint, shards
 from . import distributed as dist
 from .callbacks import Logger, Verification, learning_rate
-from .config import to_dict
+from .config import missing_files, to_dict
 from .loss_scale import DynamicLossScaler
 
 
 class TrainingError(RuntimeError):
     pass
+
+
+class WorkerLost(TrainingError):
+    """A collective failed: another worker died or its host dropped off the network."""
+
+
+def _is_horovod_failure(err):
+    """Under MXNet a failed collective surfaces as an MXNetError at the next synchronisation."""
+    return isinstance(err, mx.base.MXNetError) and "Horovod has been shut down" in str(err)
+
+
+def _pretrained_problem(path):
+    if not path or os.path.exists(path):
+        return None
+    prefix, _, epoch = path.rpartition(",")
+    if prefix and epoch.isdigit() and os.path.isfile(f"{prefix}-{int(epoch):04d}.params"):
+        return None
+    return f"--pretrained {path} not found"
+
+
+def check_files_on_every_host(config, pretrained=None):
+    """Every host checks what the config names (datasets are copied to each node's disk, so one
+    may lack them), before any training. A host with a problem says it, one line each naming the
+    host and the path; rank 0 also repeats the other hosts' lines; all stop."""
+    problems = missing_files(config) + [p for p in [_pretrained_problem(pretrained)] if p]
+    if not dist.is_distributed():
+        if problems:
+            raise TrainingError(problems[0])
+        return
+    mine = [f"{dist.where()}: {p}" for p in problems]
+    every = [line for lines in dist.allgather_object(mine, name="file.check") for line in lines]
+    if not every:
+        return
+    if mine or dist.rank() == 0:
+        raise TrainingError("\n".join(mine or every))
+    time.sleep(2)  # let the hosts with problems print them before horovodrun stops everyone
+    raise SystemExit(1)
+
+
+def _resume_state(resume, out_dir, net, head, trainer, head_params, local_trainer):
+    """Collective. Rank 0 picks the state (``auto``: the newest complete one in its output.dir) and
+    reads it, so it need exist on rank 0's disk only; every rank loads the same bytes, and a sharded
+    head's blocks are re-split for the current number of workers. Returns (folder, meta) or
+    (None, None) for a fresh start."""
+    payload = None
+    if dist.rank() == 0:
+        try:
+            folder = checkpoint.latest_state(out_dir) if resume == "auto" else resume
+            if folder and not os.path.isdir(folder):
+                raise ValueError(f"--resume {folder}: not found")
+            payload = {"folder": folder, "files": checkpoint.read_state_files(folder) if folder else None}
+        except ValueError as err:
+            payload = {"error": f"{dist.where()}: {err}" if dist.is_distributed() else str(err)}
+    payload = dist.broadcast_object(payload, name="resume.state")
+    if "error" in payload:
+        raise TrainingError(payload["error"])
+    folder = payload["folder"]
+    if not folder:
+        return None, None
+    try:
+        meta = checkpoint.load_state_files(payload["files"], folder, net, head, trainer, head_params)
+        if local_trainer:
+            if "head_blocks" not in meta:
+                raise ValueError(f"{folder}: no classifier blocks (not written by a sharded head of this version)")
+            shards.scatter_blocks(folder, meta, head, local_trainer)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
+    return folder, meta
 
 
 def build_network(config, num_classes, ctx):
@@ -110,11 +181,52 @@ def _seed(seed):
     mx.random.seed(seed % (2 ** 31))
 
 
+def _stopped_by_launcher(signum, frame):
+    raise WorkerLost("stopped by horovodrun (another worker failed or was lost)")
+
+
+def _lost_message(config, err, progress):
+    """One line: who saw what, the last complete checkpoint and the command that resumes."""
+    reason = str(err).strip().splitlines()[0] if isinstance(err, WorkerLost) else \
+        "a collective failed: Horovod has been shut down"
+    out_dir = config.output.dir
+    if dist.rank() == 0:
+        folder = checkpoint.latest_state(out_dir)
+        kept = f"{folder} on {dist.hostname()}" if folder else f"none in {out_dir}/checkpoints"
+    elif progress["step"] is not None:
+        kept = f"{checkpoint.state_dir(out_dir, progress['step'])} on {dist.hosts()[0]} (rank 0's disk)"
+    else:
+        kept = "none yet"
+    argv = list(sys.argv)
+    if "--resume" in argv:
+        at = argv.index("--resume")
+        del argv[at:at + 2]
+    command = "horovodrun <same hosts> python " + " ".join(shlex.quote(a) for a in argv) + " --resume auto"
+    return f"{dist.where()}: a worker was lost ({reason}); last complete checkpoint: {kept}; resume with: {command}"
+
+
 def train(config, resume=None, pretrained=None, log=print, return_model=False):
     """Run the training of ``config``; returns a dict of final results (on every rank), or
-    (results, net, head) with ``return_model``."""
+    (results, net, head) with ``return_model``. Under horovodrun, a lost worker (a failed
+    collective, or horovodrun stopping this one) raises WorkerLost with a one-line account."""
     dist.init()
+    progress = {"step": None}  # the step of the last checkpoint this rank took part in
+    previous = signal.signal(signal.SIGTERM, _stopped_by_launcher) if dist.is_distributed() else None
+    try:
+        return _train(config, resume, pretrained, log, return_model, progress)
+    except (mx.base.MXNetError, WorkerLost) as err:
+        if not (isinstance(err, WorkerLost) or _is_horovod_failure(err)):
+            raise
+        raise WorkerLost(_lost_message(config, err, progress)) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _train(config, resume, pretrained, log, return_model, progress):
     rank, world = dist.rank(), dist.size()
+    check_files_on_every_host(config, pretrained)
+    dist.hosts()  # every rank's hostname, for messages and meta.json (collective, so here)
     # one GPU per worker with mxnet-cu112 (horovodrun -np = GPUs per host x hosts), else the CPU
     ctx = mx.gpu(dist.local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
     out_dir = config.output.dir
@@ -148,18 +260,23 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     head_params = head.shared_params() if local_trainer else None  # checkpointed by rank 0
 
     scaler = loss_scaler(config)
-    start_step, best = 0, {"accuracy": -1.0}
-    resume_dir = checkpoint.latest_state(out_dir) if resume == "auto" else resume
+    start_step, best, data_position = 0, {"accuracy": -1.0}, None
+    resume_dir, meta = _resume_state(resume, out_dir, net, head, trainer, head_params, local_trainer) \
+        if resume else (None, None)
     if resume_dir:
-        meta = checkpoint.load_state(resume_dir, net, head, trainer, head_params)
+        progress["step"] = meta["step"]
         if local_trainer:
-            checkpoint.load_shard(resume_dir, rank, local_params, local_trainer)
             head.set_step(meta["step"])
         start_step, best = meta["step"], meta.get("best", best)
+        data_position = meta.get("data_position")
         if scaler and "loss_scale" in meta:
             scaler.load_state_dict(meta["loss_scale"])
         if rank == 0:
-            log(f"resumed from {resume_dir} at step {start_step}")
+            resized = meta.get("world_size", world) != world
+            log(f"resumed from {resume_dir} at step {start_step}" +
+                (f" (written by {meta['world_size']} workers, now {world}: classifier blocks re-split, "
+                 f"data from global position {data_position[1]} of epoch {data_position[0]})"
+                 if resized and data_position else ""))
     elif resume == "auto" and rank == 0:
         log(f"no checkpoint in {out_dir}/checkpoints; starting from scratch")
 
@@ -168,7 +285,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
                            num_workers=0 if config.train.deterministic else config.data.num_workers,
                            prefetch=0 if config.train.deterministic else config.data.prefetch,
                            max_bad_share=config.data.max_bad_records, start_step=start_step,
-                           log=lambda message: log(f"rank {rank}: {message}"))
+                           start_position=data_position, log=lambda message: log(f"rank {rank}: {message}"))
     verification = Verification(config.verification.bins, config.verification.batch_size,
                                 config.verification.flip) if config.verification.bins else None
     if rank == 0:  # only now: a run refused above leaves nothing behind
@@ -180,25 +297,31 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     results = {"start_step": start_step}
 
     def save(step):
+        """Collective; only rank 0 writes (to its own disk: nothing assumes a shared folder)."""
         if hasattr(head, "flush_state"):
             head.flush_state()
         dist.average_running_stats(params)
-        if local_trainer:  # every rank writes its classifier block, then rank 0 completes the folder
-            if rank == 0:
-                checkpoint.prepare_shards(out_dir, step)
-            dist.barrier()
-            checkpoint.save_shard(out_dir, step, rank, local_params, local_trainer)
-            dist.barrier()
+        # a sharded classifier's blocks travel to rank 0 one at a time
+        blocks = shards.gather_blocks(head, local_trainer) if local_trainer else ()
         if rank != 0:
+            for _ in blocks:
+                pass
+            progress["step"] = step
             return True
-        extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch}
+        extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch,
+                 "data_position": list(batches.position(step)), "hosts": dist.hosts()}
+        if local_trainer:
+            extra["head_blocks"] = [list(shard_range(dataset.num_classes, r, world)) for r in range(world)]
+            extra["head_optimizer"] = shards.optimizer_counters(local_trainer, shards.block_roles(head))
         if scaler:
             extra["loss_scale"] = scaler.state_dict()
         if hasattr(head, "scale"):
             extra["scale"] = float(head.scale)
-        return checkpoint.save_state(out_dir, step, net, head, trainer, dict(meta_base, **extra),
-                                     keep=config.output.keep, head_params=head_params,
-                                     shards_written=bool(local_trainer)) is not None
+        saved = checkpoint.save_state(out_dir, step, net, head, trainer, dict(meta_base, **extra),
+                                      keep=config.output.keep, head_params=head_params, blocks=blocks) is not None
+        if saved:
+            progress["step"] = step
+        return saved
 
     def verify(step):
         dist.average_running_stats(params)
@@ -348,6 +471,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
 
 
 def fail(message):
-    """One clear line on stderr and a non-zero exit."""
-    print(f"train: {message}", file=sys.stderr, flush=True)
+    """One clear line (one per problem) on stderr and a non-zero exit."""
+    for line in str(message).splitlines():
+        print(f"train: {line}", file=sys.stderr, flush=True)
     sys.exit(1)
