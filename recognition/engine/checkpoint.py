@@ -101,6 +101,16 @@ def latest_state(out_dir):
     return states[-1][1] if states else None
 
 
+def remove_partial(out_dir):
+    """Remove the ``.tmp`` folders of saves that never completed (a worker lost mid-save): they are
+    never picked up, and a new start leaves nothing half-written behind."""
+    root = os.path.join(out_dir, "checkpoints")
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            if name.endswith(".tmp"):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 def prune(out_dir, keep, protect=()):
     states = list_states(out_dir)
     for _, folder in states[:max(len(states) - keep, 0)]:

@@ -214,6 +214,7 @@ def missing_files(config):
     for name in ("train.rec", "train.idx", "property"):
         if not os.path.isfile(os.path.join(config.data.root, name)):
             problems.append(f"data.root {config.data.root}: {name} not found")
+            break  # one line for the data: the first file it lacks
     for path in config.verification.bins:
         if not os.path.isfile(path):
             problems.append(f"verification.bins: {path} not found")

@@ -10,6 +10,7 @@ import random
 import shlex
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -181,8 +182,38 @@ def _seed(seed):
     mx.random.seed(seed % (2 ** 31))
 
 
-def _stopped_by_launcher(signum, frame):
-    raise WorkerLost("stopped by horovodrun (another worker failed or was lost)")
+class _LauncherStop:
+    """horovodrun stops the other workers with SIGTERM when one fails. The main thread is then
+    usually blocked inside a collective that waits for the lost worker, where no Python signal
+    handler can run; so the signal is also written to a wake-up pipe, and a thread that reads it
+    prints the one-line account and exits (nothing of a checkpoint in progress is picked up: its
+    folder still has the .tmp name, and the next start removes it)."""
+
+    def __init__(self, describe):
+        self.describe = describe
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        self.previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, daemon=True, name="launcher-stop").start()
+
+    def _watch(self):
+        try:
+            data = os.read(self.read_fd, 64)
+        except OSError:
+            return
+        if signal.SIGTERM in data:
+            try:
+                print(f"train: {self.describe(WorkerLost('stopped by horovodrun: another worker failed or was lost'))}",
+                      file=sys.stderr, flush=True)
+            finally:
+                os._exit(1)
+
+    def close(self):
+        signal.set_wakeup_fd(self.previous_fd)
+        signal.signal(signal.SIGTERM, self.previous_handler)
+        os.close(self.write_fd)
+        os.close(self.read_fd)
 
 
 def _lost_message(config, err, progress):
@@ -211,16 +242,17 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     collective, or horovodrun stopping this one) raises WorkerLost with a one-line account."""
     dist.init()
     progress = {"step": None}  # the step of the last checkpoint this rank took part in
-    previous = signal.signal(signal.SIGTERM, _stopped_by_launcher) if dist.is_distributed() else None
+    stop = _LauncherStop(lambda err: _lost_message(config, err, progress)) \
+        if dist.is_distributed() and threading.current_thread() is threading.main_thread() else None
     try:
         return _train(config, resume, pretrained, log, return_model, progress)
-    except (mx.base.MXNetError, WorkerLost) as err:
-        if not (isinstance(err, WorkerLost) or _is_horovod_failure(err)):
+    except mx.base.MXNetError as err:
+        if not _is_horovod_failure(err):
             raise
         raise WorkerLost(_lost_message(config, err, progress)) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if stop:
+            stop.close()
 
 
 def _train(config, resume, pretrained, log, return_model, progress):
@@ -290,6 +322,7 @@ def _train(config, resume, pretrained, log, return_model, progress):
                                 config.verification.flip) if config.verification.bins else None
     if rank == 0:  # only now: a run refused above leaves nothing behind
         os.makedirs(out_dir, exist_ok=True)
+        checkpoint.remove_partial(out_dir)
         write_json_atomic(os.path.join(out_dir, "config.json"), to_dict(config))
     logger = Logger(out_dir, config.train.max_steps, start_step, config.data.batch_size * world)
     meta_base = {"model": config.model.name, "embedding_size": embedding_size,
