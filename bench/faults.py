@@ -439,6 +439,40 @@ def horovod_kill_rank0(bench):
     return _horovod_kill(bench, 0)
 
 
+def _host_loss(bench, fault):
+    """Two simulated hosts (tests/hosts.py), the dataset on each one's local disk, output.dir on
+    each one's local disk; host 1 lost after the first checkpoint (tests/test_multihost.py)."""
+    from hosts import Hosts, unavailable_reason
+    reason = unavailable_reason()
+    if reason:
+        return f"not run: {reason}", False, None
+    from test_multihost import LOST_BOUND_S, lose_host
+    with Hosts(2) as hosts:
+        for i in range(2):
+            hosts.run(i, ["cp", "-r", bench.rec, os.path.join(hosts.disk, "rec")])
+        seen = lose_host(hosts, fault, f"lost-{fault}")
+    last = seen["last_line"].replace(hosts.disk, "DISK").replace(ROOT + "/", "")
+    for name, alias in zip(hosts.names, ("HOST1", "HOST2")):
+        last = last.replace(name, alias)
+    resumed = seen["resumed"].returncode == 0 and seen["results"].get("steps") == seen["steps"]
+    start = seen["results"].get("start_step")
+    ok = seen["returncode"] not in (None, 0) and seen["ended_s"] < LOST_BOUND_S and seen["gone_s"] < LOST_BOUND_S \
+        and seen["left"] == {0: [], 1: []} and "a worker was lost" in last and resumed \
+        and start == seen["kept"][-1] and not seen["tmp_left"]
+    return (f"horovodrun exit {seen['returncode']} {seen['ended_s']:.1f} s after the fault, every process on both "
+            f"hosts gone after {seen['gone_s']:.1f} s; rank 0's last line: `{last[:260]}`; --resume auto from step "
+            f"{start} finished {seen['steps']} steps: {resumed}; .tmp left: {seen['tmp_left'] or 'none'}",
+            not resumed or start != seen["kept"][-1], ok)
+
+
+def host_killed(bench):
+    return _host_loss(bench, "kill")
+
+
+def host_partitioned(bench):
+    return _host_loss(bench, "partition")
+
+
 # -- configuration -----------------------------------------------------------------------------------
 
 def _config_case(bench, case, spec):
@@ -494,6 +528,10 @@ CASES = [
     ("resume auto with .tmp / meta-less states", "newest complete state picked", resume_ignores_partial),
     ("horovod: rank 1 SIGKILL", "job exits non-zero < 120 s; resume finishes", horovod_kill_rank1),
     ("horovod: rank 0 SIGKILL", "job exits non-zero < 120 s; resume finishes", horovod_kill_rank0),
+    ("multi-host: host 2 SIGKILL (per-host disks)", "all processes gone < 60 s, one line naming the checkpoint "
+     "and the resume command; resume finishes", host_killed),
+    ("multi-host: host 2 cut off the network", "all processes gone < 60 s, one line naming the checkpoint "
+     "and the resume command; resume finishes", host_partitioned),
 ]
 for _case, _spec in sorted(CONFIG_FAULTS.items()):
     CASES.append((f"config: {_case}", "one line, non-zero exit, nothing written",

@@ -17,6 +17,12 @@ fits RSS = a + b * C per mode through the measured class counts and extrapolates
 fit in ``--budget-gib`` per worker (at this embedding size and batch; parameters, gradient and
 momentum scale with D, the logits with the global batch).
 
+``--checkpoint`` (sharded and pfc modes) also measures what a checkpoint of the head costs now that
+rank 0 writes every block (recognition.engine.shards: blocks broadcast one at a time, in chunks,
+so nothing assumes a shared filesystem): the time to gather and write all blocks, against each rank
+writing its own block to its own disk (the layout that needed a shared folder), the time for rank
+0 to read and re-send them on resume, and how much each rank's peak RSS grew while doing so.
+
 Prints one JSON object (also written atomically to ``--json-out``).
 """
 import argparse
@@ -52,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--memory-margin-gib", type=float, default=2.0,
                    help="skip a setting whose peak RSS, extrapolated from the smaller class counts of "
                         "the same mode, would leave less than this much of MemAvailable (shared machine)")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="sharded/pfc: also time saving the blocks to rank 0 and loading them back")
     p.add_argument("--json-out", default=None, help="also write the JSON here")
     p.add_argument("--worker", nargs=3, metavar=("MODE", "CLASSES", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -168,10 +176,55 @@ def worker(args):
               "step_seconds": times[args.warmup:],
               "samples_per_sec": b * size * args.steps / sum(times[args.warmup:]),
               "loss": float(loss.mean().asscalar())}
+    if args.checkpoint and mode != "full":
+        result["checkpoint"] = checkpoint_cost(head, local, out)
     tmp = f"{out}.rank{rank}.json.tmp"
     with open(tmp, "w") as f:
         json.dump(result, f)
     os.replace(tmp, f"{out}.rank{rank}.json")
+
+
+def checkpoint_cost(head, trainer, out):
+    """Seconds and peak-RSS growth of saving a sharded head's blocks to rank 0 (the trainer's way),
+    of each rank writing its own block locally (the baseline), and of rank 0 re-sending them."""
+    import mxnet as mx
+
+    from recognition.engine import distributed, shards
+    from recognition.engine.checkpoint import BLOCK_FILE
+    from recognition.losses.sharded import shard_range
+    rank, size = distributed.rank(), distributed.size()
+    folder = f"{out}.checkpoint"
+    if rank == 0:
+        os.makedirs(folder)
+    mx.nd.waitall()
+    distributed.barrier()
+    _, peak_before = proc_status()
+    start = time.perf_counter()
+    for k, arrays in shards.gather_blocks(head, trainer):  # rank 0 only gets blocks
+        mx.nd.save(os.path.join(folder, BLOCK_FILE.format(k)), arrays)
+    distributed.barrier()
+    gather_s = time.perf_counter() - start
+    _, peak_saved = proc_status()
+    start = time.perf_counter()
+    own = f"{out}.own-block.rank{rank}"
+    mx.nd.save(own, shards.block_arrays(head, trainer))
+    distributed.barrier()
+    local_s = time.perf_counter() - start
+    written = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)) if rank == 0 else 0
+    os.remove(own)
+    meta = {"head_blocks": [list(shard_range(head.num_classes, r, size)) for r in range(size)],
+            "head_optimizer": shards.optimizer_counters(trainer, shards.block_roles(head))}
+    start = time.perf_counter()
+    shards.scatter_blocks(folder, meta, head, trainer)
+    mx.nd.waitall()
+    distributed.barrier()
+    scatter_s = time.perf_counter() - start
+    _, peak_loaded = proc_status()
+    return {"gather_to_rank0_and_write_s": gather_s, "each_rank_writes_own_block_s": local_s,
+            "rank0_reads_and_scatters_s": scatter_s, "bytes_written_by_rank0": written,
+            "peak_rss_growth_save_gib": (peak_saved - peak_before) / 2 ** 30,
+            "peak_rss_growth_load_gib": (peak_loaded - peak_saved) / 2 ** 30,
+            "chunk_mib": shards.CHUNK_BYTES / 2 ** 20}
 
 
 def launch(args, mode, classes, folder):
@@ -184,7 +237,8 @@ def launch(args, mode, classes, folder):
         return {"error": f"{horovodrun}: not found (the venv's Horovod)"}
     passed = ["--loss", args.loss, "--embedding-size", str(args.embedding_size), "--batch-size",
               str(args.batch_size), "--sample-ratio", str(args.sample_ratio), "--steps", str(args.steps),
-              "--warmup", str(args.warmup), "--classes", str(classes)]
+              "--warmup", str(args.warmup), "--classes", str(classes)] + \
+        (["--checkpoint"] if args.checkpoint else [])
     command = [horovodrun, "-np", str(args.np), "-H", f"localhost:{args.np}", "--gloo", python,
                os.path.abspath(__file__)] + passed + ["--worker", mode, str(classes), out]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=ROOT,
@@ -228,7 +282,9 @@ def summarise(setting):
     ranks = setting["ranks"]
     worst = max(ranks, key=lambda r: r["peak_rss_bytes"])
     state = worst["param_bytes"] + worst["grad_bytes"] + worst["optimizer_bytes"]
-    return {"peak_rss_gib": worst["peak_rss_bytes"] / 2 ** 30, "rss_gib": worst["rss_bytes"] / 2 ** 30,
+    summary = {"checkpoint": {k: max(r["checkpoint"][k] for r in ranks) for k in ranks[0]["checkpoint"]}} \
+        if "checkpoint" in ranks[0] else {}
+    return summary | {"peak_rss_gib": worst["peak_rss_bytes"] / 2 ** 30, "rss_gib": worst["rss_bytes"] / 2 ** 30,
             "head_param_grad_optimizer_gib": state / 2 ** 30,
             "param_gib": worst["param_bytes"] / 2 ** 30, "optimizer_gib": worst["optimizer_bytes"] / 2 ** 30,
             "rows_on_rank": worst["rows_on_rank"], "rows_in_logits": worst["rows_in_logits"],

@@ -427,6 +427,9 @@ class Hosts:
                     "PubkeyAuthentication yes\nPasswordAuthentication no\nStrictModes no\n"
                     "UsePAM no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\n"
                     "MaxStartups 100\nMaxSessions 100\nLogLevel INFO\n"
+                    # as cluster sshds are commonly set: a session whose client is gone (a
+                    # partition) ends after ~15 s instead of lingering until TCP gives up (hours)
+                    "ClientAliveInterval 5\nClientAliveCountMax 3\n"
                     % (self.addresses[i], SSH_PORT, host_key, os.path.join(host_dir, "sshd.pid"),
                        os.path.join(self.run_dir, "ssh", "authorized_keys")))
         script = ('set -e; hostname "$1"; mount -t tmpfs -o size=%s,mode=0755 tmpfs "$2"; '

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 
 import mxnet as mx
 
@@ -141,41 +140,6 @@ def _load(path, load):
         load(path)
     except Exception as err:  # MXNetError, Gluon's AssertionError on names/shapes, pickle errors
         raise ValueError(f"{path}: cannot be loaded ({error_line(err)})") from None
-
-
-STATE_FILES = ("meta.json", "net.params", "head.params", "trainer.states")
-
-
-def read_state_files(folder):
-    """The files of a training state as ``{name: bytes}`` (rank 0 reads them for every rank:
-    the other hosts may not see rank 0's disk); ValueError naming what is missing."""
-    if not os.path.isfile(os.path.join(folder, "meta.json")):
-        raise ValueError(f"{folder}: not a complete checkpoint (no meta.json)")
-    files = {}
-    for name in STATE_FILES:
-        path = os.path.join(folder, name)
-        try:
-            with open(path, "rb") as f:
-                files[name] = f.read()
-        except OSError as err:
-            raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
-    return files
-
-
-def load_state_files(files, where, net, head, trainer, head_params=None):
-    """load_state from the bytes of read_state_files (written to a private temporary folder,
-    so MXNet's own loaders and checks run unchanged); ``where`` names the source in errors."""
-    folder = tempfile.mkdtemp(prefix="recognition-state-")
-    try:
-        for name, data in files.items():
-            with open(os.path.join(folder, name), "wb") as f:
-                f.write(data)
-        try:
-            return load_state(folder, net, head, trainer, head_params)
-        except ValueError as err:
-            raise ValueError(str(err).replace(folder, where)) from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def export_model(net, prefix, epoch):

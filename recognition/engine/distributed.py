@@ -92,6 +92,23 @@ def broadcast_parameters(params, root_rank=0):
         param.set_data(_hvd.broadcast(value, root_rank=root_rank, name=f"param.{name}"))
 
 
+def broadcast_trainer_states(trainer, root_rank=0):
+    """Make every worker's optimizer (its state such as momentum, its update counts and
+    hyper-parameters) rank ``root_rank``'s: after a resume that only that rank read from its
+    disk. The pickled bytes are the ones ``Trainer.save_states`` writes, applied as
+    ``Trainer.load_states`` applies a file's."""
+    if _hvd is None or _hvd.size() == 1:
+        return
+    data = trainer._updaters[0].get_states(dump_optimizer=True) if rank() == root_rank else None
+    data = _hvd.broadcast_object(data, root_rank=root_rank, name="trainer.states")
+    if rank() != root_rank:
+        for updater in trainer._updaters:
+            updater.set_states(data)
+            updater.optimizer = trainer._updaters[0].optimizer
+        trainer._optimizer = trainer._updaters[0].optimizer
+        trainer._optimizer.param_dict = dict(enumerate(trainer._params))
+
+
 def average_running_stats(params):
     """Average BatchNorm running means/variances over workers (each rank's are from its own
     batches) so every rank verifies, saves and exports the same network."""

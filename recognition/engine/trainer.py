@@ -74,34 +74,36 @@ def check_files_on_every_host(config, pretrained=None):
     raise SystemExit(1)
 
 
-def _resume_state(resume, out_dir, net, head, trainer, head_params, local_trainer):
+def _resume_state(resume, out_dir, net, head, trainer, params, head_params, local_trainer):
     """Collective. Rank 0 picks the state (``auto``: the newest complete one in its output.dir) and
-    reads it, so it need exist on rank 0's disk only; every rank loads the same bytes, and a sharded
-    head's blocks are re-split for the current number of workers. Returns (folder, meta) or
-    (None, None) for a fresh start."""
+    loads it, so it need exist on rank 0's disk only; the other ranks receive the parameters and
+    optimizer state from it, and a sharded head's blocks are re-split for the current number of
+    workers. Returns (folder, meta) or (None, None) for a fresh start."""
     payload = None
     if dist.rank() == 0:
         try:
             folder = checkpoint.latest_state(out_dir) if resume == "auto" else resume
             if folder and not os.path.isdir(folder):
                 raise ValueError(f"--resume {folder}: not found")
-            payload = {"folder": folder, "files": checkpoint.read_state_files(folder) if folder else None}
+            meta = checkpoint.load_state(folder, net, head, trainer, head_params) if folder else None
+            payload = {"folder": folder, "meta": meta}
         except ValueError as err:
             payload = {"error": f"{dist.where()}: {err}" if dist.is_distributed() else str(err)}
     payload = dist.broadcast_object(payload, name="resume.state")
     if "error" in payload:
         raise TrainingError(payload["error"])
-    folder = payload["folder"]
+    folder, meta = payload["folder"], payload["meta"]
     if not folder:
         return None, None
-    try:
-        meta = checkpoint.load_state_files(payload["files"], folder, net, head, trainer, head_params)
-        if local_trainer:
-            if "head_blocks" not in meta:
-                raise ValueError(f"{folder}: no classifier blocks (not written by a sharded head of this version)")
+    dist.broadcast_parameters(params)
+    dist.broadcast_trainer_states(trainer)
+    if local_trainer:
+        if "head_blocks" not in meta:
+            raise TrainingError(f"{folder}: no classifier blocks (not written by a sharded head of this version)")
+        try:
             shards.scatter_blocks(folder, meta, head, local_trainer)
-    except ValueError as err:
-        raise TrainingError(str(err)) from None
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
     return folder, meta
 
 
@@ -293,7 +295,7 @@ def _train(config, resume, pretrained, log, return_model, progress):
 
     scaler = loss_scaler(config)
     start_step, best, data_position = 0, {"accuracy": -1.0}, None
-    resume_dir, meta = _resume_state(resume, out_dir, net, head, trainer, head_params, local_trainer) \
+    resume_dir, meta = _resume_state(resume, out_dir, net, head, trainer, params, head_params, local_trainer) \
         if resume else (None, None)
     if resume_dir:
         progress["step"] = meta["step"]

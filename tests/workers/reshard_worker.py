@@ -41,8 +41,8 @@ def main():
     opt = dict(learning_rate=LR, momentum=MOMENTUM, wd=WD)
     trainer = dist.make_trainer(params, "sgd", dict(opt))
     local_trainer = gluon.Trainer(local_params, "sgd", dict(opt), kvstore=None)
-    folder, meta = training._resume_state("auto", config.output.dir, net, head, trainer, head.shared_params(),
-                                          local_trainer)
+    folder, meta = training._resume_state("auto", config.output.dir, net, head, trainer, params,
+                                          head.shared_params(), local_trainer)
     loaded_weight = head.weight.data().asnumpy()
     loaded_momentum = local_trainer._updaters[0].states[0].asnumpy()
     data, labels = fixed_batch(dataset, rank, world, 4)
