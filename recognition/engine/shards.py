@@ -133,7 +133,7 @@ def _broadcast_rows(value, shape, dtype, root, keep):
     shape = tuple(shape)
     row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize, 1)
     per_chunk = max(1, CHUNK_BYTES // row_bytes)
-    chunks = []
+    whole = mx.nd.empty(shape, dtype=dtype) if keep and dist.rank() != root else None
     for first in range(0, max(shape[0], 1), per_chunk):
         last = min(first + per_chunk, shape[0])
         if dist.rank() == root:
@@ -142,11 +142,11 @@ def _broadcast_rows(value, shape, dtype, root, keep):
             piece = mx.nd.zeros((last - first,) + shape[1:], dtype=dtype)
         got = dist.broadcast(piece, root_rank=root, name=_unique("rows"))
         got.wait_to_read()
-        if keep:
-            chunks.append(got)
+        if whole is not None:
+            whole[first:last] = got  # filled in place: one block and one chunk in memory at most
     if not keep:
         return None
-    return chunks[0] if len(chunks) == 1 else mx.nd.concat(*chunks, dim=0)
+    return value if dist.rank() == root else whole
 
 
 def _send(arrays, root, keep, error=None):

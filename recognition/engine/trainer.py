@@ -197,24 +197,29 @@ class _LauncherStop:
         os.set_blocking(self.write_fd, False)
         self.previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: None)
         self.previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, daemon=True, name="launcher-stop").start()
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="launcher-stop")
+        self.thread.start()
 
     def _watch(self):
-        try:
-            data = os.read(self.read_fd, 64)
-        except OSError:
-            return
-        if signal.SIGTERM in data:
+        while True:
             try:
-                print(f"train: {self.describe(WorkerLost('stopped by horovodrun: another worker failed or was lost'))}",
-                      file=sys.stderr, flush=True)
-            finally:
-                os._exit(1)
+                data = os.read(self.read_fd, 64)
+            except OSError:
+                return
+            if not data:  # close(): the write end is gone
+                return
+            if signal.SIGTERM in data:  # other signals with Python handlers (SIGINT) pass by
+                try:
+                    print(f"train: {self.describe(WorkerLost('stopped by horovodrun: another worker failed or was lost'))}",
+                          file=sys.stderr, flush=True)
+                finally:
+                    os._exit(1)
 
     def close(self):
         signal.set_wakeup_fd(self.previous_fd)
         signal.signal(signal.SIGTERM, self.previous_handler)
         os.close(self.write_fd)
+        self.thread.join(timeout=5)
         os.close(self.read_fd)
 
 
