@@ -148,13 +148,16 @@ class TrainBatches:
         k -= first
         return epoch + 1 + k // self.order.steps_per_epoch, (k % self.order.steps_per_epoch) * self.order.stride
 
-    def _make_batch(self, step):
+    def record_indices(self, step):
+        """(epoch, index of the step in its epoch, this rank's record indices) of ``step``."""
         epoch, offset = self.position(step)
         base = self.start_position[1] if epoch == self.start_position[0] else 0
         if self._epoch_cache[0] != epoch:
             self._epoch_cache = (epoch, self.order.epoch(epoch, base))
-        indices = self._epoch_cache[1][(offset - base) // self.order.stride]
-        position = offset // self.order.stride  # the step's index in the epoch: seeds its flips
+        return epoch, offset // self.order.stride, self._epoch_cache[1][(offset - base) // self.order.stride]
+
+    def _make_batch(self, step):
+        epoch, position, indices = self.record_indices(step)  # position seeds the flips and augmentations
         flips = epoch_rng(self.order.seed, epoch, 1 + position).random(len(indices)) < 0.5 \
             if self.flip else np.zeros(len(indices), bool)
         # a stream of its own, so turning augmentations on leaves the flips as they were
