@@ -100,7 +100,7 @@ def image_only_copy(dataset, folder):
     writer = mx.recordio.MXIndexedRecordIO(idx + ".tmp", rec + ".tmp", "w")
     reader = mx.recordio.MXIndexedRecordIO(dataset.idx_path, dataset.rec_path, "r")
     for i, index in enumerate(dataset.image_indices):
-        writer.write_idx(i, reader.read_idx(int(index)))
+        writer.write_idx(i, reader.read_idx(dataset.record_key(int(index))))
     writer.close()
     reader.close()
     os.replace(rec + ".tmp", rec)

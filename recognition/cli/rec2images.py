@@ -39,7 +39,7 @@ def unpack(root, out, limit=None, progress=True):
             if identity not in identities:
                 os.makedirs(folder, exist_ok=True)
                 identities.add(identity)
-            with open(os.path.join(folder, f"{int(index)}{extension_of(payload)}"), "wb") as f:
+            with open(os.path.join(folder, f"{dataset.record_key(int(index))}{extension_of(payload)}"), "wb") as f:
                 f.write(payload)
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above)

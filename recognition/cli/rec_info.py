@@ -1,5 +1,7 @@
-"""Summary of an insightface RecordIO dataset: image and identity counts, a text histogram of
-images per identity, and optionally a PNG grid of sample faces (one per random identity)."""
+"""Summary of an insightface RecordIO dataset: its layout (header: record 0 and identity records,
+as faces_emore; headerless: every record an image, as SeqRecBuilder and shuffled packs), image and
+identity counts, a text histogram of images per identity, and optionally a PNG grid of sample
+faces (one per random identity)."""
 import argparse
 import json
 import os
@@ -10,6 +12,9 @@ import numpy as np
 
 from recognition.data.align import to_size
 from recognition.data.record import RecordDataset, RecordError
+
+LAYOUTS = {"header": "record 0 and identity records index the images",
+           "headerless": "every record an image, identities from the record labels"}
 
 # histogram buckets of images per identity: [low, high]
 BUCKETS = [(1, 1), (2, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, 200), (201, None)]
@@ -32,6 +37,7 @@ def histogram(counts):
 def summary(dataset):
     counts = identity_counts(dataset)
     return {
+        "layout": dataset.layout,
         "images": int(len(dataset)), "identities": int(len(counts)),
         "image_size": [dataset.height, dataset.width],
         "images_per_identity": {"min": int(counts.min()), "median": float(np.median(counts)),
@@ -42,7 +48,8 @@ def summary(dataset):
 
 def format_summary(root, info, width=40):
     lines = [f"{root}: {info['images']} images of {info['identities']} identities, "
-             f"{info['image_size'][0]}x{info['image_size'][1]}"]
+             f"{info['image_size'][0]}x{info['image_size'][1]}",
+             f"layout: {info['layout']} ({LAYOUTS.get(info['layout'], '?')})"]
     per = info["images_per_identity"]
     if per:
         lines.append(f"images per identity: min {per['min']}, median {per['median']:g}, "

@@ -127,11 +127,12 @@ class TrainBatches:
             image, label = self.dataset.read_image(int(index))
         except RecordError as err:
             return None, str(err)
+        key = self.dataset.record_key(index)  # its key in train.idx (headerless packs number images apart)
         if image.shape[0] != self.dataset.height or image.shape[1] != self.dataset.width:
-            return None, f"{self.dataset.rec_path}: record {index} is {image.shape[1]}x{image.shape[0]}, " \
+            return None, f"{self.dataset.rec_path}: record {key} is {image.shape[1]}x{image.shape[0]}, " \
                          f"property says {self.dataset.width}x{self.dataset.height}"
         if not 0 <= label < self.dataset.num_classes:  # the loss would index outside its classifier
-            return None, f"{self.dataset.rec_path}: record {index} has label {label}, outside the " \
+            return None, f"{self.dataset.rec_path}: record {key} has label {label}, outside the " \
                          f"{self.dataset.num_classes} classes of {self.dataset.prop_path}"
         if do_flip:
             image = image[:, ::-1]
