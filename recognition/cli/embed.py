@@ -3,7 +3,8 @@
 Writes OUT.npy (float32, one row per image, in index order) and an index (tsv with a header:
 row, path or record index, label). For a folder the label is the image's top-level sub-folder
 (the identity) and images are read in sorted path order; for a .rec it is the record's identity.
-Images are aligned with --landmarks when given, else taken as aligned and resized.
+Images are aligned with --landmarks when given (or with the five points MTCNN finds: --detect; an
+image without a face stops the run, naming it), else taken as aligned and resized.
 """
 import argparse
 import os
@@ -11,7 +12,9 @@ import sys
 
 import numpy as np
 
+from recognition.cli.detect import add_detector_args, detector_options
 from recognition.data.align import read_landmarks, to_size
+from recognition.data.detect import NoFaceError
 from recognition.data.record import RecordDataset, RecordError
 from recognition.evaluation import FLIP_MODES, embed_images
 from recognition.cli.make_bin import IMAGE_EXTENSIONS, load_face
@@ -33,8 +36,9 @@ def list_images(root):
     return found
 
 
-def folder_source(root, landmarks, size):
-    """(index rows, loader of a slice -> uint8 NHWC) for an image folder."""
+def folder_source(root, landmarks, size, detector=None):
+    """(index rows, loader of a slice -> uint8 NHWC) for an image folder; ``detector`` aligns the
+    images without landmarks on the face it finds."""
     paths = list_images(root)
     if not paths:
         raise EmbedError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
@@ -44,7 +48,10 @@ def folder_source(root, landmarks, size):
     def load(start, stop):
         faces = []
         for rel in paths[start:stop]:
-            face = load_face(os.path.join(root, rel), landmarks.get(rel), size)
+            try:
+                face = load_face(os.path.join(root, rel), landmarks.get(rel), size, detector)
+            except NoFaceError:
+                raise EmbedError(f"{os.path.join(root, rel)}: no face detected") from None
             if face is None:
                 raise EmbedError(f"{os.path.join(root, rel)}: cannot be decoded as an image")
             faces.append(face)
@@ -73,7 +80,11 @@ def build_parser():
     source.add_argument("--rec", metavar="DIR", help="insightface dataset folder (train.rec/.idx/property)")
     parser.add_argument("--out", required=True, metavar="OUT.npy", help="embeddings file")
     parser.add_argument("--index", metavar="OUT.tsv", help="index file (default: OUT with .tsv)")
-    parser.add_argument("--landmarks", metavar="FILE", help="five-point landmarks for --images (paths relative to DIR)")
+    points = parser.add_mutually_exclusive_group()
+    points.add_argument("--landmarks", metavar="FILE", help="five-point landmarks for --images (paths relative to DIR)")
+    points.add_argument("--detect", action="store_true",
+                        help="for --images: detect the five points (MTCNN) instead of a landmarks file, "
+                             "then align the same way")
     parser.add_argument("--flip", choices=FLIP_MODES, default="sum", help="flip fusion (default sum)")
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the rows")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
@@ -81,6 +92,7 @@ def build_parser():
     parser.add_argument("--image-size", type=int, default=112, help="model input size (default 112)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_detector_args(parser)
     return parser
 
 
@@ -88,6 +100,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.chunk < 1:
         sys.exit("embed: --batch-size and --chunk must be positive")
+    if args.rec and args.detect:
+        sys.exit("embed: --detect applies to --images (a .rec holds aligned faces)")
     index_path = args.index or os.path.splitext(args.out)[0] + ".tsv"
     tmp_out, tmp_index = f"{args.out}.tmp{os.getpid()}.npy", f"{index_path}.tmp{os.getpid()}"
     ctx = auto_context(False if args.cpu else None)
@@ -97,7 +111,11 @@ def main(argv=None):
             if not os.path.isdir(args.images):
                 raise EmbedError(f"{args.images}: image folder not found")
             landmarks = read_landmarks(args.landmarks) if args.landmarks else None
-            rows, load = folder_source(args.images, landmarks, args.image_size)
+            detector = None
+            if args.detect:
+                from recognition.data.detect import FaceDetector
+                detector = FaceDetector(**detector_options(args))
+            rows, load = folder_source(args.images, landmarks, args.image_size, detector)
         else:
             rows, load = rec_source(args.rec, args.image_size)
         n = len(rows)
@@ -126,7 +144,7 @@ def main(argv=None):
                 f.write(f"{row}\t{source}\t{label}\n")
         os.replace(tmp_out, args.out)
         os.replace(tmp_index, index_path)
-    except (EmbedError, ModelError, RecordError, ValueError, OSError) as err:
+    except (EmbedError, ModelError, RecordError, ValueError, ImportError, OSError) as err:
         sys.exit(f"embed: {err}")
     finally:
         for tmp in (tmp_out, tmp_index):

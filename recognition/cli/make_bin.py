@@ -8,8 +8,9 @@ Pairs come from one of:
   --cfp ROOT    the CFP benchmark's own protocol: ROOT/Protocol/Pair_list_F.txt, Pair_list_P.txt and
                 Protocol/Split/FF|FP/01..10/same.txt|diff.txt -> 10 folds of 350 same + 350
                 different, fold by fold, same then different (the order of insightface's cfp bins).
-Faces with landmarks (--landmarks: `path<TAB>x1 y1 ... x5 y5`, paths relative to DIR) are aligned
-onto the ArcFace template; faces without are taken as aligned and resized.
+Faces with landmarks (--landmarks: `path<TAB>x1 y1 ... x5 y5`, paths relative to DIR, or --detect:
+the five points found by MTCNN) are aligned onto the ArcFace template; faces without are taken as
+aligned and resized. With --detect an image without a face stops the build (naming it).
 """
 import argparse
 import os
@@ -17,6 +18,7 @@ import sys
 
 import cv2
 
+from recognition.cli.detect import add_detector_args, detector_options
 from recognition.data.align import align_face, read_landmarks, to_size
 from recognition.data.binfile import write_bin
 from recognition.data.record import encode_jpeg
@@ -138,22 +140,28 @@ def read_cfp_pairs(root, protocol):
     return pairs
 
 
-def load_face(path, landmarks=None, size=112):
-    """Image file -> RGB uint8 size x size: aligned with the 5 landmarks when given, else resized.
-    Returns None when the file cannot be read as an image."""
+def load_face(path, landmarks=None, size=112, detector=None):
+    """Image file -> RGB uint8 size x size: aligned with the 5 landmarks when given, else with
+    those a ``detector`` (recognition.data.detect.FaceDetector) finds, else resized.
+    Returns None when the file cannot be read as an image; raises
+    recognition.data.detect.NoFaceError when the detector finds no face."""
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         return None
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if landmarks is None and detector is not None:
+        landmarks = detector.landmarks(rgb)
     if landmarks is not None:
         return align_face(rgb, landmarks, size)
     return to_size(rgb, size) if rgb.shape[0] == rgb.shape[1] else cv2.resize(
         rgb, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def build_bin(pairs, image_dir, out, landmarks=None, quality=95, image_size=112, progress=True):
+def build_bin(pairs, image_dir, out, landmarks=None, quality=95, image_size=112, progress=True, detector=None):
     """Encode every pair's two faces and write the .bin; returns a small summary dict.
-    Checks every image exists before any work, and writes nothing on failure."""
+    Checks every image exists before any work, and writes nothing on failure. ``detector``:
+    align the images without landmarks on the face it detects (none found: PairsError)."""
+    from recognition.data.detect import NoFaceError
     landmarks = {_key(k): v for k, v in (landmarks or {}).items()}
     for pair in pairs:
         for rel in (pair.first, pair.second):
@@ -167,10 +175,14 @@ def build_bin(pairs, image_dir, out, landmarks=None, quality=95, image_size=112,
     for pair in iterator:
         for rel in (pair.first, pair.second):
             if rel not in encoded:
-                face = load_face(os.path.join(image_dir, rel), landmarks.get(rel), image_size)
+                try:
+                    face = load_face(os.path.join(image_dir, rel), landmarks.get(rel), image_size, detector)
+                except NoFaceError:
+                    raise PairsError(f"{pair.source}: image {os.path.join(image_dir, rel)}: no face detected "
+                                     f"(--min-face-size / --min-score, or give its landmarks)") from None
                 if face is None:
                     raise PairsError(f"{pair.source}: image {os.path.join(image_dir, rel)} cannot be decoded")
-                aligned += rel in landmarks
+                aligned += rel in landmarks or detector is not None
                 encoded[rel] = encode_jpeg(face, quality)
             bins.append(encoded[rel])
     issame = [pair.issame for pair in pairs]
@@ -188,11 +200,15 @@ def build_parser():
     parser.add_argument("--cfp-protocol", choices=("FF", "FP"), default="FP",
                         help="CFP frontal-frontal or frontal-profile (default FP)")
     parser.add_argument("--images", metavar="DIR", help="image root (required with --pairs; default ROOT with --cfp)")
-    parser.add_argument("--landmarks", metavar="FILE", help="five-point landmarks, paths relative to DIR")
+    points = parser.add_mutually_exclusive_group()
+    points.add_argument("--landmarks", metavar="FILE", help="five-point landmarks, paths relative to DIR")
+    points.add_argument("--detect", action="store_true",
+                        help="detect the five points (MTCNN) instead of a landmarks file, then align the same way")
     parser.add_argument("--out", required=True, metavar="FILE.bin", help="output .bin")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     parser.add_argument("--image-size", type=int, default=112, help="face size (default 112)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_detector_args(parser)
     return parser
 
 
@@ -214,12 +230,17 @@ def main(argv=None):
                 raise PairsError(f"{args.landmarks}: landmarks file not found")
             landmarks = read_landmarks(args.landmarks)
         pairs = read_pairs(args.pairs) if args.pairs else read_cfp_pairs(args.cfp, args.cfp_protocol)
+        detector = None
+        if args.detect:
+            from recognition.data.detect import FaceDetector
+            detector = FaceDetector(**detector_options(args))
         summary = build_bin(pairs, image_dir, args.out, landmarks, args.quality, args.image_size,
-                            progress=not args.no_progress)
-    except (PairsError, ValueError, OSError) as err:
+                            progress=not args.no_progress, detector=detector)
+    except (PairsError, ValueError, ImportError, OSError) as err:
         sys.exit(f"make_bin: {err}")
     print(f"wrote {args.out}: {summary['pairs']} pairs ({summary['same']} same, {summary['different']} "
-          f"different) of {summary['images']} images, {summary['aligned']} aligned with landmarks")
+          f"different) of {summary['images']} images, {summary['aligned']} aligned with "
+          + ("detected landmarks" if args.detect else "landmarks"))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Sources: a folder with one sub-folder per identity, or an insightface ``.lst`` file
 (``aligned<TAB>path<TAB>label`` optionally followed by 4 bbox values and 10 landmark values
 x1..x5 y1..y5). Landmarks may also come from a separate file in the lfw-devtrain format
-(``path<TAB>x1 y1 ... x5 y5``, paths relative to the source folder). Images with landmarks are
-aligned onto the ArcFace template; images without are taken as already aligned and resized.
+(``path<TAB>x1 y1 ... x5 y5``, paths relative to the source folder), or be detected on the fly
+(``detect``: MTCNN, :mod:`recognition.data.detect`) for the images that have none. Images with
+landmarks are aligned onto the ArcFace template; images without are taken as already aligned and
+resized.
 
 Identity labels are 0..K-1 in sorted identity order whatever the input order (insightface's packer
 creates extra identities from an unsorted .lst; this one does not). Output is deterministic.
@@ -123,8 +125,11 @@ def is_truncated_jpeg(data):
                     break
 
 
-def load_face(item, image_size=112, min_size=32):
-    """Read, align and return an RGB face; raises ValueError with the reason."""
+def load_face(item, image_size=112, min_size=32, detector=None):
+    """Read, align and return an RGB face; raises ValueError with the reason.
+
+    With a ``detector`` (recognition.data.detect.FaceDetector), an item without landmarks gets
+    those of the face it detects (no face: ValueError "no face detected")."""
     data = np.fromfile(item.path, dtype=np.uint8) if os.path.exists(item.path) else None
     if data is None:
         raise ValueError("file not found")
@@ -141,26 +146,49 @@ def load_face(item, image_size=112, min_size=32):
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if item.landmarks is not None:
         return align_face(image, item.landmarks, image_size)
+    if detector is not None:
+        return align_face(image, detector.landmarks(image), image_size)
     return to_size(image, image_size)
 
 
+def detector_options(detect):
+    """``pack(detect=...)``: None/False (no detection), True (default detector) or a dict of
+    FaceDetector keyword arguments -> the dict, or None."""
+    if not detect:
+        return None
+    return {"threads": 1} if detect is True else dict(detect)
+
+
 def _encode(args):
-    item, image_size, quality = args
+    item, image_size, quality, detect_options = args
     try:
-        return encode_jpeg(load_face(item, image_size), quality), None
+        detector = None
+        if detect_options is not None and item.landmarks is None:
+            from .detect import process_detector  # one per (worker) process
+            detector = process_detector(**detect_options)
+        return encode_jpeg(load_face(item, image_size, detector=detector), quality), None
     except ValueError as err:
         return None, f"{item.path}: skipped, {err}"
 
 
 def pack(src, out, landmarks=None, min_images=1, workers=1, quality=95, image_size=112,
-         strict=False, progress=True, warn=None):
+         strict=False, progress=True, warn=None, detect=None):
     """Pack ``src`` into ``out``/train.rec,.idx,property. Returns a dict of counts.
 
     Unreadable images, missing landmark rows (with a landmarks file) and malformed .lst lines are
     skipped with one warning each; ``strict`` turns the first of them into a PackError.
+    ``detect`` (True or a dict of FaceDetector options): detect the five points of every image
+    that has none (all of a folder; the .lst lines without landmarks), skipping images without a
+    face like unreadable ones; not together with ``landmarks``.
     """
     # tqdm.write keeps each warning on its own line while the progress bar is drawn
     warn = warn or (lambda message: tqdm.write("warning: " + message, file=sys.stderr))
+    detect_options = detector_options(detect)
+    if detect_options is not None:
+        if landmarks:
+            raise PackError("detect and a landmarks file exclude each other")
+        from .detect import process_detector
+        process_detector(**detect_options)  # a bad option or missing networks fail here, once
     if os.path.isdir(src):
         items, problems = list_folder(src, landmarks)
         if landmarks:
@@ -177,7 +205,7 @@ def pack(src, out, landmarks=None, min_images=1, workers=1, quality=95, image_si
         warn(problem)
 
     counts = {"images": 0, "identities": 0, "skipped": len(problems), "too_few_images": 0}
-    jobs = ((item, image_size, quality) for item in items)
+    jobs = ((item, image_size, quality, detect_options) for item in items)
     pool = multiprocessing.Pool(workers) if workers > 1 else None
     results = pool.imap(_encode, jobs, chunksize=16) if pool else map(_encode, jobs)
     try:
