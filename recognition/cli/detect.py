@@ -30,15 +30,8 @@ class SourceError(ValueError):
 
 def list_images(root):
     """(relative path, full path) of every image under ``root`` (links followed), sorted by path."""
-    from recognition.data.pack import IMAGE_EXTENSIONS
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                full = os.path.join(folder, name)
-                found.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
-    found.sort()
+    from recognition.data.pack import IMAGE_EXTENSIONS, list_images as relative_paths
+    found = [(rel, os.path.join(root, rel)) for rel in relative_paths(root)]
     if not found:
         raise SourceError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     return found

@@ -18,6 +18,7 @@ from recognition.data.detect import NoFaceError
 from recognition.data.record import RecordDataset, RecordError
 from recognition.evaluation import FLIP_MODES, embed_images
 from recognition.cli.make_bin import IMAGE_EXTENSIONS, load_face
+from recognition.data.pack import list_images
 from recognition.evaluation.embed import ModelError, auto_context, load_exported_model
 
 
@@ -25,21 +26,10 @@ class EmbedError(ValueError):
     pass
 
 
-def list_images(root):
-    """Relative paths of the images under ``root``, sorted."""
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
-    return found
-
-
 def folder_source(root, landmarks, size, detector=None):
     """(index rows, loader of a slice -> uint8 NHWC) for an image folder; ``detector`` aligns the
     images without landmarks on the face it finds."""
-    paths = list_images(root)
+    paths = list_images(root, IMAGE_EXTENSIONS)
     if not paths:
         raise EmbedError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     landmarks = {os.path.normpath(k).replace(os.sep, "/"): v for k, v in (landmarks or {}).items()}

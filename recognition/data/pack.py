@@ -49,6 +49,18 @@ def list_folder(src, landmarks_file=None):
     return items, []
 
 
+def list_images(root, extensions=IMAGE_EXTENSIONS):
+    """Paths of the images anywhere under ``root``, relative to it ('/'-separated, links followed),
+    sorted: the flat or nested folders that detect.py and embed.py take."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        for name in files:
+            if name.lower().endswith(extensions):
+                found.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
 def list_lst(lst_path, landmarks_file=None):
     """Items of an insightface .lst file, sorted by numeric label then path.
 
