@@ -91,6 +91,9 @@ def test_faults_and_nothing_left_after_a_messy_run():
     with Hosts(2) as h:
         # kill_host: every process of the host dies, its sshd stays and it is reachable again
         sleeper = h.popen(1, ["sleep", "1000"])
+        deadline = time.time() + 10  # nsenter enters host 1's namespaces just after it starts
+        while sleeper.pid not in h.pids(1) and time.time() < deadline:
+            time.sleep(0.05)
         assert sleeper.pid in h.pids(1)
         assert h.kill_host(1) == [sleeper.pid]
         assert sleeper.wait(timeout=10) == -9 and h.pids(1) == []
