@@ -3,8 +3,10 @@
 A training state is a folder ``OUT/checkpoints/step-00001000/`` holding ``net.params``,
 ``head.params``, ``trainer.states`` and ``meta.json``. It is written as ``step-...tmp``, every file
 flushed to disk, and renamed into place last; a folder without ``meta.json`` or with a ``.tmp``
-suffix is never picked up. A failure while saving (disk full, ...) removes the partial folder,
-keeps the previous checkpoints and is reported, never raised into the training loop.
+suffix is never picked up. A sharded classifier adds its blocks as ``head-block-NNNN.params``
+(BLOCK_FILE: weight, bias and optimizer-state rows, all written by rank 0; see shards.py). A failure
+while saving (disk full, ...) removes the partial folder, keeps the previous checkpoints and is
+reported, never raised into the training loop.
 
 The exported model is ``PREFIX-symbol.json`` + ``PREFIX-NNNN.params`` (arg:/aux: names), loadable
 with ``mx.gluon.SymbolBlock.imports`` or insightface's ``mx.model.load_checkpoint``.

@@ -127,11 +127,9 @@ def hostname():
     return socket.gethostname()
 
 
-def where(rank_=None):
-    """'rank R on HOST' of this process (or of rank ``rank_`` once ``hosts()`` is known)."""
-    if rank_ is None:
-        return f"rank {rank()} on {hostname()}"
-    return f"rank {rank_} on {hosts()[rank_]}"
+def where():
+    """'rank R on HOST' of this process, for messages of a multi-host job."""
+    return f"rank {rank()} on {hostname()}"
 
 
 _hosts = []

@@ -137,7 +137,7 @@ def _broadcast_rows(value, shape, dtype, root, keep):
     for first in range(0, max(shape[0], 1), per_chunk):
         last = min(first + per_chunk, shape[0])
         if dist.rank() == root:
-            piece = value[first:last].copy()
+            piece = value[first:last]  # hvd.broadcast copies the root's input itself
         else:
             piece = mx.nd.zeros((last - first,) + shape[1:], dtype=dtype)
         got = dist.broadcast(piece, root_rank=root, name=_unique("rows"))
@@ -150,7 +150,8 @@ def _broadcast_rows(value, shape, dtype, root, keep):
 
 
 def _send(arrays, root, keep, error=None):
-    """One collective round: ``arrays`` (a dict on ``root``) to every rank; kept where ``keep``.
+    """One collective round: ``arrays`` (a dict on ``root``) to every rank; kept where ``keep``
+    (on ``root`` itself that is ``arrays``).
     ``error`` (on root) is sent instead and raised everywhere, so no rank is left waiting."""
     spec = None
     if dist.rank() == root:
@@ -175,7 +176,7 @@ def gather_blocks(head, trainer):
     for k in range(dist.size()):
         received = _send(mine, root=k, keep=dist.rank() == 0)
         if dist.rank() == 0:
-            yield k, (mine if k == 0 else received)
+            yield k, received
 
 
 class _BlockReader:
@@ -234,6 +235,6 @@ def scatter_blocks(folder, meta, head, trainer):
                 error = str(err)
         received = _send(arrays, root=0, keep=dist.rank() == r, error=error)
         if dist.rank() == r:
-            mine = arrays if r == 0 else received
+            mine = received
     set_block(head, trainer, mine, folder)
     set_optimizer_counters(trainer, block_roles(head), meta["head_optimizer"])
