@@ -185,7 +185,7 @@ def main(argv=None):
     from tqdm import tqdm
 
     from recognition.data.record import RecordDataset, RecordError
-    from recognition.engine import distributed
+    from recognition import distributed
     distributed.init()
     rank, size = distributed.rank(), distributed.size()
     with tempfile.TemporaryDirectory() as folder:

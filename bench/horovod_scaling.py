@@ -31,7 +31,7 @@ def worker(args):
     import numpy as np
     import mxnet as mx
     from mxnet import autograd
-    from recognition.engine import distributed as dist
+    from recognition import distributed as dist
     from recognition.losses import get_loss
     from recognition.models import get_model
     from recognition.models.precision import bfloat16_network

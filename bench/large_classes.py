@@ -118,7 +118,7 @@ def worker(args):
     import mxnet as mx
     from mxnet import autograd, gluon
 
-    from recognition.engine import distributed
+    from recognition import distributed
     from recognition.losses import get_loss
     from recognition.losses.sharded import get_sharded_loss
 
@@ -189,7 +189,8 @@ def checkpoint_cost(head, trainer, out):
     of each rank writing its own block locally (the baseline), and of rank 0 re-sending them."""
     import mxnet as mx
 
-    from recognition.engine import distributed, shards
+    from recognition import distributed
+    from recognition.engine import shards
     from recognition.engine.checkpoint import BLOCK_FILE
     from recognition.losses.sharded import shard_range
     rank, size = distributed.rank(), distributed.size()

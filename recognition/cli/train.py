@@ -50,7 +50,7 @@ def main(argv=None):
         results = train(config, resume=args.resume, pretrained=args.pretrained)
     except (RecordError, TrainingError, TooManyBadRecords, ValueError, OSError) as err:
         fail(str(err))
-    from recognition.engine import distributed as dist
+    from recognition import distributed as dist
     if dist.rank() == 0:
         print(json.dumps({k: v for k, v in results.items() if k != "verification"} |
                          {"verification": {name: {"accuracy": r["accuracy"], "tar_at_far_1e-3": r["tar_at_far_1e-3"]}

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from recognition.data.binfile import BinFileError, load_bin
-from recognition.engine import distributed
+from recognition import distributed
 from recognition.evaluation import FLIP_MODES, embed_shared, roc_curve
 from recognition.evaluation.embed import ModelError, auto_context, load_exported_model
 from recognition.evaluation.verification import pair_distances, verify_pairs

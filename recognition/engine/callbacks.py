@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from . import distributed as dist
+from .. import distributed as dist
 
 
 def learning_rate(step, base_lr, total_steps, schedule="cosine", warmup_steps=0, lr_steps=(), lr_factor=0.1):

@@ -25,7 +25,7 @@ import mxnet as mx
 
 from recognition.losses.sharded import shard_range
 
-from . import distributed as dist
+from .. import distributed as dist
 from .checkpoint import BLOCK_FILE
 
 CHUNK_BYTES = 64 << 20

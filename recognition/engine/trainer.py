@@ -27,7 +27,7 @@ from recognition.models import get_model
 from recognition.models.precision import low_precision_network
 
 from . import checkpoint, shards
-from . import distributed as dist
+from .. import distributed as dist
 from .callbacks import Logger, Verification, learning_rate
 from .config import missing_files, to_dict
 from .loss_scale import DynamicLossScaler

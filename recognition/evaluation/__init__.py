@@ -8,7 +8,7 @@ import numpy as np
 
 import mxnet as mx
 
-from ..engine import distributed
+from .. import distributed
 from .embed import FLIP_MODES, embed_images, embed_views, fuse_views
 from .verification import kfold_splits, roc_curve, verify_pairs
 

@@ -111,7 +111,7 @@ def parse_model_spec(spec):
 
 def auto_context(use_gpu=None):
     """GPU ``local_rank`` when one exists (and ``use_gpu`` is not False), else CPU."""
-    from ..engine import distributed
+    from .. import distributed
     if use_gpu is False or mx.context.num_gpus() == 0:
         return mx.cpu()
     return mx.gpu(distributed.local_rank() % mx.context.num_gpus())

@@ -21,7 +21,7 @@ import math
 import mxnet as mx
 from mxnet import autograd
 
-from ..engine import distributed
+from .. import distributed
 from .softmax import ClassifierHead, cosine_scores, cross_entropy
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from mxnet import autograd
 from mxnet.gluon import HybridBlock
 
-from ..engine import distributed
+from .. import distributed
 from .softmax import check_sizes
 
 

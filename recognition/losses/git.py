@@ -28,7 +28,7 @@ Centres are constants in the gradient and follow the centre-loss update rule
 """
 import mxnet as mx
 
-from ..engine import distributed
+from .. import distributed
 from .center import CenterLoss, WithCenterLoss
 from .softmax import SoftmaxLoss
 

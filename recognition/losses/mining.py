@@ -260,7 +260,7 @@ class SemiOnlinePool:
             start = stop
 
         if equalize_across_workers:
-            from recognition.engine import distributed
+            from recognition import distributed
             counts = distributed.allgather(mx.nd.array([len(chunks)], dtype="int32"), name="semi_online_chunks")
             wanted = int(counts.asnumpy().max())
             padding = np.arange(min(max_images, len(labels)), dtype=np.int64)

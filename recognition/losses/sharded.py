@@ -75,7 +75,7 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import Block
 
-from ..engine import distributed
+from .. import distributed
 from .adacos import AdaCosLoss
 from .km import KnotMagnifyLoss
 from .l2softmax import L2SoftmaxLoss

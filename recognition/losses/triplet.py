@@ -39,7 +39,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import gluon
 
-from recognition.engine import distributed
+from recognition import distributed
 from recognition.losses.mining import STRATEGIES, SemiOnlinePool, select_triplets, squared_distances
 
 POOLS = ("online", "semi_online", "cross_worker")

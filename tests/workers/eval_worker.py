@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from eval_tiny_net import build_tiny_net, random_faces  # noqa: E402
-from recognition.engine import distributed  # noqa: E402
+from recognition import distributed  # noqa: E402
 from recognition.evaluation import embed_shared, evaluate  # noqa: E402
 
 

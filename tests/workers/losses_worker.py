@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import mxnet as mx  # noqa: E402
 from mxnet import autograd  # noqa: E402
 
-from recognition.engine import distributed  # noqa: E402
+from recognition import distributed  # noqa: E402
 from recognition.losses import get_loss  # noqa: E402
 
 C, D, STEPS = 6, 4, 4

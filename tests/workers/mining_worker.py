@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import mxnet as mx  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
-from recognition.engine import distributed  # noqa: E402
+from recognition import distributed  # noqa: E402
 from recognition.losses.mining import STRATEGIES  # noqa: E402
 from recognition.losses.triplet import TripletLoss  # noqa: E402
 

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
 from recognition.data.record import RecordDataset  # noqa: E402
-from recognition.engine import distributed as dist  # noqa: E402
+from recognition import distributed as dist  # noqa: E402
 from recognition.engine import trainer as training  # noqa: E402
 from recognition.engine.config import load_config  # noqa: E402
 

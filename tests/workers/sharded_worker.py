@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import mxnet as mx  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
-from recognition.engine import distributed  # noqa: E402
+from recognition import distributed  # noqa: E402
 from recognition.losses.sharded import get_sharded_loss  # noqa: E402
 
 C, D = 11, 8  # 11 classes over 2 ranks: blocks of 5 and 6

@@ -4,7 +4,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from recognition.engine import distributed as dist  # noqa: E402
+from recognition import distributed as dist  # noqa: E402
 from recognition.engine.config import load_config  # noqa: E402
 from recognition.engine.trainer import train  # noqa: E402
 
