@@ -98,7 +98,7 @@ def score_pretrained(path, manifest, flip):
     from recognition.engine.config import load_config
     from recognition.engine.trainer import build_network
     config = load_config(os.path.join(CONFIGS, "softmax.yaml"), [f"data.root={manifest['rec']}"], check_files=False)
-    net, _, _ = build_network(config, num_classes=2, ctx=mx.cpu())  # the classifier is not used
+    net, _, _, _ = build_network(config, num_classes=2, ctx=mx.cpu())  # the classifier is not used
     load_pretrained(net, path)
     return Verification([manifest["bin"]], flip=flip)(net)["heldout"]
 

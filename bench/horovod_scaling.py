@@ -33,24 +33,16 @@ def worker(args):
     from mxnet import autograd
     from recognition import distributed as dist
     from recognition.losses import get_loss
-    from recognition.models import get_model
-    from recognition.models.precision import bfloat16_network
+    from recognition.models import build_backbone
     dist.init()
     rank, size = dist.rank(), dist.size()
     batch = args.global_batch // size
     mx.random.seed(rank)
-    net = get_model(args.model)
-    net.initialize(mx.init.Xavier(magnitude=2))
-    net.hybridize(static_alloc=True, static_shape=True)
-    with autograd.train_mode():  # not inference mode: see recognition.models.precision
-        dim = net(mx.nd.zeros((2, 3, 112, 112))).shape[1]
+    # as the trainer's train.precision: net holds the float32 weights, compute_net runs
+    net, compute_net, dim = build_backbone(args.model, args.precision, mx.cpu(), initializer=mx.init.Xavier(magnitude=2))
     head = get_loss("arcface", num_classes=args.classes, embedding_size=dim)
     head.initialize(mx.init.Normal(0.01))
     head.hybridize(static_alloc=True, static_shape=True)
-    compute_net = net
-    if args.precision == "bfloat16":  # as the trainer's train.precision: bfloat16
-        compute_net = bfloat16_network(net)
-        compute_net.hybridize(static_alloc=True, static_shape=True)
     params = mx.gluon.ParameterDict()
     params.update(net.collect_params())
     params.update(head.collect_params())

@@ -9,7 +9,8 @@ recognition.data (RecordDataset + TrainBatches, the training input path).
 
 With ``--precisions float32,bfloat16`` (the default) each model is also measured hybridized in
 bfloat16 (recognition.models.precision: float32 master weights, bf16 compute in the backbone),
-reported beside the float32 hybridized row of the same run.
+reported beside the float32 hybridized row of the same run; ``float16`` is the GPU's
+(``--ctx gpu``, mxnet-cu112). A precision the context cannot run is listed under ``skipped``.
 
 Achieved GFLOP/s counts a training step as 3 forward passes (forward, backward to the inputs,
 backward to the weights) of the backbone's convolutions and FC layers plus the head's
@@ -42,7 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--classes", type=int, default=10000, help="classes of the ArcFace head")
     p.add_argument("--modes", default="hybrid,imperative", help="comma-separated: hybrid, imperative")
     p.add_argument("--precisions", default="float32,bfloat16",
-                   help="comma-separated: float32, bfloat16 (recognition.models.precision; hybrid mode only)")
+                   help="comma-separated: float32, bfloat16 (CPU), float16 (GPU) (recognition.models.precision; "
+                        "hybrid mode only)")
+    p.add_argument("--ctx", default="cpu", choices=("cpu", "gpu"), help="where the step runs (gpu: GPU 0)")
     p.add_argument("--act", default="prelu", help="backbone activation: prelu, prelu_native or relu")
     p.add_argument("--rec", default=None, help="folder with train.rec/train.idx/property: also time real batches")
     p.add_argument("--workers", type=int, default=2, help="decoding threads for --rec")
@@ -54,8 +57,8 @@ def parse_args(argv=None):
     args.modes = [m for m in args.modes.split(",") if m]
     args.precisions = [m for m in args.precisions.split(",") if m]
     for precision in args.precisions:
-        if precision not in ("float32", "bfloat16"):
-            p.error(f"--precisions: unknown precision {precision!r} (float32, bfloat16)")
+        if precision not in ("float32", "bfloat16", "float16"):
+            p.error(f"--precisions: unknown precision {precision!r} (float32, bfloat16, float16)")
     for mode in args.modes:
         if mode not in ("hybrid", "imperative"):
             p.error(f"--modes: unknown mode {mode!r} (hybrid, imperative)")
@@ -72,22 +75,25 @@ def main(argv=None):
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import mxnet as mx
 
-    result = {"threads": args.threads, "mxnet": mx.__version__,
-              "matmul_peak_gflops": matmul_gflops(mx, args.matmul_size)}
+    if args.ctx == "gpu" and mx.context.num_gpus() == 0:
+        raise SystemExit("--ctx gpu: MXNet sees no GPU (mxnet-cu112 and an NVIDIA driver are needed)")
+    result = {"threads": args.threads, "mxnet": mx.__version__, "ctx": args.ctx,
+              "matmul_peak_gflops": matmul_gflops(mx, args.matmul_size, context(mx, args))}
     if args.micro:
         result["activation_micro_ms"] = activation_micro(mx, args)
     else:
+        rows, skipped = throughput(mx, args, result["matmul_peak_gflops"])
         result.update(batch_size=args.batch_size, classes=args.classes, steps=args.steps,
-                      warmup=args.warmup, act=args.act, results=throughput(mx, args, result["matmul_peak_gflops"]))
+                      warmup=args.warmup, act=args.act, results=rows, skipped=skipped)
         result["hybrid_over_imperative"] = ratios(result["results"], "imperative")
-        result["bfloat16_over_float32"] = ratios(result["results"], "float32")
+        result["low_precision_over_float32"] = ratios(result["results"], "float32")
     print_json(result, args.json_out, indent=2)
 
 
-def matmul_gflops(mx, n, reps=10):
+def matmul_gflops(mx, n, ctx, reps=10):
     """float32 GEMM rate (2 n^3 flops per product), best of ``reps``."""
-    a = mx.nd.random.uniform(shape=(n, n))
-    b = mx.nd.random.uniform(shape=(n, n))
+    a = mx.nd.random.uniform(shape=(n, n), ctx=ctx)
+    b = mx.nd.random.uniform(shape=(n, n), ctx=ctx)
     mx.nd.dot(a, b).wait_to_read()
     best = float("inf")
     for _ in range(reps):
@@ -97,43 +103,38 @@ def matmul_gflops(mx, n, reps=10):
     return round(2.0 * n ** 3 / best / 1e9, 2)
 
 
-def build(mx, name, act, classes, mode, precision):
+def context(mx, args):
+    return mx.gpu(0) if args.ctx == "gpu" else mx.cpu()
+
+
+def build(mx, name, act, classes, mode, precision, ctx):
     """(block the step runs, ArcFace head, trainer, embedding size), as the trainer builds them."""
     from recognition.losses import get_loss
-    from recognition.models import default_initializer, get_model
-    from recognition.models.precision import bfloat16_network
+    from recognition.models import build_backbone
 
     kwargs = {} if name.startswith("gluoncv:") else {"act": act}
-    net = get_model(name, **kwargs)
-    net.initialize(default_initializer())
-    if mode == "hybrid":
-        net.hybridize(static_alloc=True, static_shape=True)
-    with mx.autograd.train_mode():  # not inference mode: see recognition.models.precision
-        dim = net(mx.nd.zeros((2, 3, 112, 112))).shape[1]
+    net, compute_net, dim = build_backbone(name, precision, ctx, hybridize=mode == "hybrid", **kwargs)
     head = get_loss("arcface", num_classes=classes, embedding_size=dim)
-    head.initialize(mx.init.Normal(0.01))
+    head.initialize(mx.init.Normal(0.01), ctx=ctx)
     if mode == "hybrid":
         head.hybridize(static_alloc=True, static_shape=True)
     params = mx.gluon.ParameterDict()
     params.update(net.collect_params())
     params.update(head.collect_params())
     trainer = mx.gluon.Trainer(params, "sgd", {"learning_rate": 0.01, "momentum": 0.9, "wd": 5e-4})
-    if precision == "bfloat16":
-        net = bfloat16_network(net)
-        net.hybridize(static_alloc=True, static_shape=True)
-    return net, head, trainer, dim
+    return compute_net, head, trainer, dim
 
 
-def synthetic_batches(mx, batch_size, classes, seed=0):
+def synthetic_batches(mx, batch_size, classes, ctx, seed=0):
     import numpy as np
     rng = np.random.RandomState(seed)
-    data = mx.nd.array(rng.uniform(0, 255, (batch_size, 3, 112, 112)).astype(np.float32))
-    labels = mx.nd.array(rng.randint(0, classes, batch_size).astype(np.float32))
+    data = mx.nd.array(rng.uniform(0, 255, (batch_size, 3, 112, 112)).astype(np.float32), ctx=ctx)
+    labels = mx.nd.array(rng.randint(0, classes, batch_size).astype(np.float32), ctx=ctx)
     while True:
         yield data, labels
 
 
-def rec_batches(mx, root, batch_size, workers):
+def rec_batches(mx, root, batch_size, workers, ctx):
     from recognition.data.dataset import ShardedOrder, TrainBatches
     from recognition.data.record import RecordDataset
     dataset = RecordDataset(root)
@@ -143,7 +144,7 @@ def rec_batches(mx, root, batch_size, workers):
 
     def generate():
         for data, labels in batches:
-            yield mx.nd.array(data), mx.nd.array(labels)
+            yield mx.nd.array(data, ctx=ctx), mx.nd.array(labels, ctx=ctx)
     return generate(), dataset.num_classes
 
 
@@ -186,26 +187,31 @@ def throughput(mx, args, peak):
             raise SystemExit(f"--models {name}: {err}") from None
     if args.rec:
         try:
-            rec_batches(mx, args.rec, args.batch_size, 0)
+            rec_batches(mx, args.rec, args.batch_size, 0, mx.cpu())
         except RecordError as err:
             raise SystemExit(f"--rec: {err}") from None
     from recognition.models.precision import bfloat16_supported
-    # float32 is always measured (the baseline); bfloat16, a rewrite of the hybridized graph, only
-    # hybridized and where the CPU runs it
+    ctx = context(mx, args)
+    # float32 is always measured (the baseline); a low precision, a rewrite of the hybridized graph,
+    # only hybridized and where the context runs it (bfloat16: an AVX-512 CPU; float16: a GPU)
+    runnable = {"bfloat16": ctx.device_type == "cpu" and bfloat16_supported(), "float16": ctx.device_type == "gpu"}
+    low = [p for p in args.precisions if p != "float32"]
     runs = [(mode, "float32") for mode in args.modes] + \
-        [("hybrid", "bfloat16")] * ("bfloat16" in args.precisions and "hybrid" in args.modes and bfloat16_supported())
+        [("hybrid", p) for p in low if runnable[p] and "hybrid" in args.modes]
+    skipped = [{"precision": p, "why": "needs --modes hybrid" if runnable[p] else
+                f"{p} cannot run on {args.ctx} here"} for p in low if ("hybrid", p) not in runs]
     rows = []
     for name in args.models:
         fwd_flops = flops[name]
         for source, root in sources:
             for mode, precision in runs:
                 if root:
-                    batches, rec_classes = rec_batches(mx, root, args.batch_size, args.workers)
+                    batches, rec_classes = rec_batches(mx, root, args.batch_size, args.workers, ctx)
                     classes = max(args.classes, rec_classes)
                 else:
                     classes = args.classes
-                    batches = synthetic_batches(mx, args.batch_size, classes)
-                net, head, trainer, dim = build(mx, name, args.act, classes, mode, precision)
+                    batches = synthetic_batches(mx, args.batch_size, classes, ctx)
+                net, head, trainer, dim = build(mx, name, args.act, classes, mode, precision, ctx)
                 walls, cpus = [], []
                 for i in tqdm(range(args.warmup + args.steps), desc=f"{name} {source} {mode} {precision}", file=sys.stderr,
                               leave=False):
@@ -231,7 +237,7 @@ def throughput(mx, args, peak):
                              "fraction_of_matmul_peak": round(gflops / peak, 3),
                              "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024})
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    return rows
+    return rows, skipped
 
 
 def ratios(rows, over):

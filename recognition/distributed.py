@@ -30,6 +30,14 @@ def init(force=False):
     return True
 
 
+def reinit():
+    """Shut Horovod down and start it again (Horovod's elastic reset: the workers rendezvous anew
+    and get their ranks in the new set)."""
+    _hvd.shutdown()
+    _hvd.init()
+    del _hosts[:]
+
+
 def is_distributed():
     return _hvd is not None
 
@@ -92,21 +100,30 @@ def broadcast_parameters(params, root_rank=0):
         param.set_data(_hvd.broadcast(value, root_rank=root_rank, name=f"param.{name}"))
 
 
+def trainer_states(trainer):
+    """The optimizer's state (momentum and the like, update counts, hyper-parameters) as the
+    pickled bytes ``Trainer.save_states`` writes."""
+    return trainer._updaters[0].get_states(dump_optimizer=True)
+
+
+def set_trainer_states(trainer, data):
+    """Apply ``trainer_states`` bytes as ``Trainer.load_states`` applies a file's."""
+    for updater in trainer._updaters:
+        updater.set_states(data)
+        updater.optimizer = trainer._updaters[0].optimizer
+    trainer._optimizer = trainer._updaters[0].optimizer
+    trainer._optimizer.param_dict = dict(enumerate(trainer._params))
+
+
 def broadcast_trainer_states(trainer, root_rank=0):
-    """Make every worker's optimizer (its state such as momentum, its update counts and
-    hyper-parameters) rank ``root_rank``'s: after a resume that only that rank read from its
-    disk. The pickled bytes are the ones ``Trainer.save_states`` writes, applied as
-    ``Trainer.load_states`` applies a file's."""
+    """Make every worker's optimizer rank ``root_rank``'s: after a resume that only that rank read
+    from its disk, or an elastic reset."""
     if _hvd is None or _hvd.size() == 1:
         return
-    data = trainer._updaters[0].get_states(dump_optimizer=True) if rank() == root_rank else None
+    data = trainer_states(trainer) if rank() == root_rank else None
     data = _hvd.broadcast_object(data, root_rank=root_rank, name="trainer.states")
     if rank() != root_rank:
-        for updater in trainer._updaters:
-            updater.set_states(data)
-            updater.optimizer = trainer._updaters[0].optimizer
-        trainer._optimizer = trainer._updaters[0].optimizer
-        trainer._optimizer.param_dict = dict(enumerate(trainer._params))
+        set_trainer_states(trainer, data)
 
 
 def average_running_stats(params):

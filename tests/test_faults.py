@@ -301,7 +301,7 @@ def test_too_many_nonfinite_updates_stop_and_keep_last_good_checkpoint(stopped_r
     assert all(np.isfinite(v).all() for v in load_params(good / "net.params").values())
     # a complete state: loads into a fresh network and trainer
     config = load_config(tiny_config, [f"data.root={sample_rec}"])
-    net, head, _ = build_network(config, 20, mx.cpu())
+    net, _, head, _ = build_network(config, 20, mx.cpu())
     params = mx.gluon.ParameterDict()
     params.update(net.collect_params())
     params.update(head.collect_params())

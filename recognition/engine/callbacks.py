@@ -1,11 +1,22 @@
 """What happens around the training step: logging (tqdm + mxboard), verification on .bin files,
-learning-rate schedule. Rank 0 writes and prints; every rank takes part in verification because
-embedding is shared across workers."""
+checkpoints, learning-rate schedule. Rank 0 writes and prints; every rank takes part in
+verification (embedding is shared across workers) and in checkpoints (statistics are averaged
+and a sharded head's blocks gathered).
+
+A callback has ``wants_prediction(step)`` (whether the step ending at ``step`` should also
+return the head's class predictions) and ``after_step(state, batches, last)``, called with the
+TrainState after each step and the step's last (loss, predicted, labels) or None.
+"""
 import math
 import os
 import sys
 import time
 
+import numpy as np
+
+from recognition.fileio import write_json_atomic
+
+from . import checkpoint
 from .. import distributed as dist
 
 
@@ -104,3 +115,93 @@ class Verification:
         from recognition.evaluation import evaluate
         return {name: evaluate(net, images, issame, batch_size=self.batch_size, flip=self.flip)
                 for name, images, issame in self.sets}
+
+
+class LogProgress:
+    """Every ``every`` steps and at the last: loss, lr, epoch, training accuracy and the head's
+    and data's counters, to the bar / log line and mxboard."""
+
+    def __init__(self, logger, every, max_steps):
+        self.logger, self.every, self.max_steps = logger, every, max_steps
+        self.last = None
+
+    def wants_prediction(self, step):
+        return step % self.every == 0 or step == self.max_steps
+
+    def after_step(self, state, batches, last):
+        self.last = last or self.last
+        done = state.step
+        if not self.wants_prediction(done) or not self.last:
+            return
+        loss, predicted, labels = self.last
+        values = {"loss": float(loss.mean().asscalar()), "lr": state.trainer.learning_rate,
+                  "epoch": done / batches.steps_per_epoch}
+        if predicted is not None:
+            values["train_acc"] = float((predicted == labels).mean().asscalar())
+        head = state.head
+        if hasattr(head, "last_num_triplets"):
+            values["triplets"] = head.last_num_triplets
+        if hasattr(head, "scale"):
+            values["scale"] = float(head.scale)
+        if batches.bad_records:
+            values["bad_records"] = batches.bad_records
+        if state.scaler:
+            values["loss_scale"] = state.scaler.scale
+        self.logger.step(done, values)
+
+
+class VerifyEvery:
+    """Scores the .bin sets every ``every`` steps (not at the last: the caller verifies the final
+    network itself); the best network by mean accuracy is exported to OUT/best on rank 0."""
+
+    def __init__(self, verification, every, max_steps, logger, out_dir):
+        self.verification, self.every, self.max_steps = verification, every, max_steps
+        self.logger, self.out_dir = logger, out_dir
+
+    def wants_prediction(self, step):
+        return False
+
+    def after_step(self, state, batches, last):
+        if self.every and state.step % self.every == 0 and state.step != self.max_steps:
+            self(state, state.step)
+
+    def __call__(self, state, step):
+        dist.average_running_stats(state.params)
+        scores = self.verification(state.compute_net)
+        logger = self.logger
+        logger.scalars(step, {f"verification/{name}/accuracy": r["accuracy"] for name, r in scores.items()})
+        logger.scalars(step, {f"verification/{name}/xnorm": r["xnorm"] for name, r in scores.items()})
+        mean_accuracy = float(np.mean([r["accuracy"] for r in scores.values()]))
+        for name, r in scores.items():
+            logger.message(f"step {step}: {name} accuracy {r['accuracy']:.4f}+-{r['accuracy_std']:.4f} "
+                           f"xnorm {r['xnorm']:.2f} tar@far1e-3 {r['tar_at_far_1e-3']:.4f}")
+        if mean_accuracy > state.best["accuracy"]:
+            state.best.update(accuracy=mean_accuracy, step=step)
+            if dist.rank() == 0:
+                checkpoint.export_model(state.net, os.path.join(self.out_dir, "best", "model"), 1)
+                write_json_atomic(os.path.join(self.out_dir, "best", "scores.json"), {"step": step, "scores": scores})
+        return scores
+
+
+class Checkpoints:
+    """A training state every ``every`` steps, never in the middle of a non-finite streak (it
+    would replace good checkpoints). ``progress["step"]``: the step of the last checkpoint this
+    rank took part in (for the lost-worker message)."""
+
+    def __init__(self, out_dir, every, progress, start_step):
+        self.out_dir, self.every, self.progress = out_dir, every, progress
+        self.last_saved = start_step
+
+    def wants_prediction(self, step):
+        return False
+
+    def after_step(self, state, batches, last):
+        if self.every and state.step % self.every == 0 and state.nonfinite_in_row == 0:
+            self.save(state, batches)
+
+    def save(self, state, batches):
+        saved = state.save(self.out_dir, batches)
+        self.last_saved = state.step
+        if saved:
+            self.progress["step"] = state.step
+        return saved

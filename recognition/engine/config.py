@@ -73,6 +73,8 @@ class TrainConfig:
     precision: str = "float32"     # bfloat16 (CPU) / float16 (GPU): backbone computed in 16 bits, float32 master weights and loss head
     loss_scale: str = "auto"       # dynamic loss scaling: auto (for float16), dynamic, none
     loss_scale_init: float = 65536.0  # its starting scale (halved on overflow, doubled after 2000 finite steps)
+    elastic: bool = False          # under horovodrun --min-np/--max-np: workers may leave and join (README)
+    elastic_commit_every: int = 10  # steps between in-memory commits (the most steps a lost host costs)
 
 
 @dataclass
@@ -189,7 +191,8 @@ def validate(config, source, files=True):
                             ("data.num_workers", config.data.num_workers, 0), ("data.prefetch", config.data.prefetch, 0),
                             ("train.max_nonfinite", config.train.max_nonfinite, 1), ("output.keep", config.output.keep, 1),
                             ("train.log_every", config.train.log_every, 1),
-                            ("train.allreduce_groups", config.train.allreduce_groups, 0)):
+                            ("train.allreduce_groups", config.train.allreduce_groups, 0),
+                            ("train.elastic_commit_every", config.train.elastic_commit_every, 1)):
         if value < low:
             raise ConfigError(f"{source}: {key} must be at least {low}, got {value}")
     if not 0 <= config.data.max_bad_records <= 1:

@@ -1,9 +1,13 @@
-"""The training loop. A batch travels: RecordDataset -> TrainBatches -> network -> loss head ->
-(Distributed)Trainer; checkpoints, logs and verification happen around it.
+"""The training loop. A batch travels: RecordDataset (the .rec) -> TrainBatches (this rank's shard
+of the global sample order, decoded and augmented) -> ``step`` (forward of the backbone, loss
+head, backward, allreduce of the gradients, the non-finite guard, optimizer update) -> callbacks
+(log, verification, checkpoint). Everything the run *is* lives in one ``TrainState``: what a
+checkpoint writes and what an elastic commit holds.
 
 The same code runs single-process and under ``horovodrun``: parameters are broadcast from rank 0,
 gradients are averaged over all workers by ``hvd.DistributedTrainer`` and the learning rate is
-scaled by the number of workers.
+scaled by the number of workers. With ``train.elastic`` under ``horovodrun --min-np/--max-np`` the
+steps run inside Horovod's elastic loop (recognition.engine.elastic).
 """
 import os
 import random
@@ -23,12 +27,11 @@ from recognition.data.record import RecordDataset
 from recognition.fileio import write_json_atomic
 from recognition.losses import get_loss
 from recognition.losses.sharded import get_sharded_loss, shard_range
-from recognition.models import get_model
-from recognition.models.precision import low_precision_network
+from recognition.models import build_backbone
 
-from . import checkpoint, shards
+from . import checkpoint, elastic, shards
 from .. import distributed as dist
-from .callbacks import Logger, Verification, learning_rate
+from .callbacks import Checkpoints, Logger, LogProgress, Verification, VerifyEvery, learning_rate
 from .config import missing_files, to_dict
 from .loss_scale import DynamicLossScaler
 
@@ -55,12 +58,15 @@ def _pretrained_problem(path):
     return f"--pretrained {path} not found"
 
 
-def check_files_on_every_host(config, pretrained=None):
+def check_files_on_every_host(config, pretrained=None, collective=True):
     """Every host checks what the config names (datasets are copied to each node's disk, so one
     may lack them), before any training. A host with a problem says it, one line each naming the
-    host and the path; rank 0 also repeats the other hosts' lines; all stop."""
+    host and the path; rank 0 also repeats the other hosts' lines; all stop. Not ``collective``
+    (elastic mode, where a worker may start while the others train): each checks only itself."""
     problems = missing_files(config) + [p for p in [_pretrained_problem(pretrained)] if p]
-    if not dist.is_distributed():
+    if not collective and problems:
+        raise TrainingError(f"{dist.where()}: {problems[0]}" if dist.is_distributed() else problems[0])
+    if not dist.is_distributed() or not collective:
         if problems:
             raise TrainingError(problems[0])
         return
@@ -108,18 +114,18 @@ def _resume_state(resume, out_dir, net, head, trainer, params, head_params, loca
 
 
 def build_network(config, num_classes, ctx):
-    """Embedding network and loss head, initialised (deferred shapes resolved) and hybridized."""
+    """(net, compute_net, head, embedding_size): the embedding network (float32 parameters: saved,
+    exported, broadcast), the block the training step and in-training evaluation run (``net``, or
+    for ``train.precision`` bfloat16 / float16 a low-precision graph sharing its parameters), and
+    the loss head, initialised and hybridized."""
     kwargs = dict(config.model.params, dropout=config.model.dropout)
     if config.model.embedding_size:
         kwargs["embedding_size"] = config.model.embedding_size
-    net = get_model(config.model.name, **kwargs)
-    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), ctx=ctx)
-    if config.train.hybridize:
-        net.hybridize(static_alloc=True, static_shape=True)
-    # a training-mode forward (nothing recorded, so no BatchNorm statistics move): in inference mode
-    # MKL-DNN reorders convolution weights in place into a layout that bfloat16 casts cannot read
-    with autograd.train_mode():
-        embedding_size = net(mx.nd.zeros((2, 3, 112, 112), ctx=ctx)).shape[1]
+    try:
+        net, compute_net, embedding_size = build_backbone(config.model.name, config.train.precision, ctx,
+                                                          hybridize=config.train.hybridize, **kwargs)
+    except RuntimeError as err:
+        raise TrainingError(f"train.precision {config.train.precision}: {err}") from None
     if config.loss.sharded or config.loss.sample_ratio < 1:
         head = get_sharded_loss(config.loss.name, num_classes, embedding_size, sample_ratio=config.loss.sample_ratio,
                                 seed=config.train.seed, **config.loss.params)
@@ -132,23 +138,7 @@ def build_network(config, num_classes, ctx):
         head.initialize(mx.init.Normal(0.01), ctx=ctx)
     if config.train.hybridize:
         head.hybridize(static_alloc=True, static_shape=True)
-    return net, head, embedding_size
-
-
-def compute_network(net, config, ctx):
-    """The block the training step (and in-training evaluation) runs: ``net`` itself in float32,
-    or for ``train.precision`` bfloat16 / float16 a low-precision graph of it that shares its
-    float32 parameters (recognition.models.precision); checkpoints and exports always come from
-    ``net``."""
-    if config.train.precision == "float32":
-        return net
-    try:
-        low = low_precision_network(net, config.train.precision, ctx)
-    except RuntimeError as err:
-        raise TrainingError(f"train.precision {config.train.precision}: {err}") from None
-    if config.train.hybridize:
-        low.hybridize(static_alloc=True, static_shape=True)
-    return low
+    return net, compute_net, head, embedding_size
 
 
 def _split_params(net, head):
@@ -182,6 +172,269 @@ def _seed(seed):
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     mx.random.seed(seed % (2 ** 31))
+
+
+class TrainState:
+    """Everything the run is at ``step``: network and head (with their non-gradient state: BatchNorm
+    statistics, AdaCos scale, centres), the optimizers and their states, the loss scale, the best
+    verification score and the data position. A checkpoint (``save`` / ``resume``: on disk, rank
+    0 writes) and an elastic commit (``snapshot`` / ``restore``: in memory, every rank) hold
+    exactly this."""
+
+    def __init__(self, config, num_classes, net, compute_net, head, embedding_size):
+        self.config, self.num_classes, self.embedding_size = config, num_classes, embedding_size
+        self.net, self.compute_net, self.head = net, compute_net, head
+        self.params, self.local_params = _split_params(net, head)
+        self.all_params = list(self.params.values()) + list(self.local_params.values())
+        # what a forward moves besides the gradients (BN statistics, AdaCos s, centres)
+        self.stateful = [p for p in self.all_params if p.grad_req == "null"]
+        self.scaler = loss_scaler(config)
+        self.step, self.best, self.data_position = 0, {"accuracy": -1.0}, None
+        self.nonfinite_in_row, self.skipped_updates = 0, 0
+        self.make_trainers()
+
+    def make_trainers(self):
+        """Optimizers for the current number of workers: the learning rate scales linearly with it,
+        and Horovod's trainer fixes its gradient averaging when built (so an elastic reset calls
+        this again; the optimizer states are then restored or broadcast into the new ones)."""
+        opt = self.config.optimizer
+        self.world = dist.size()
+        self.base_lr = opt.lr * self.world
+        optimizer_params = {"learning_rate": self.base_lr, "wd": opt.wd}
+        if opt.name in ("sgd", "nag"):
+            optimizer_params["momentum"] = opt.momentum
+        if opt.clip_gradient > 0:
+            optimizer_params["clip_gradient"] = opt.clip_gradient
+        self.trainer = dist.make_trainer(self.params, opt.name, optimizer_params, self.config.train.allreduce_groups)
+        # a sharded classifier block already holds the global batch's gradient: plain local updates
+        self.local_trainer = mx.gluon.Trainer(self.local_params, opt.name, dict(optimizer_params), kvstore=None) \
+            if list(self.local_params.keys()) else None
+        self.head_params = self.head.shared_params() if self.local_trainer else None  # checkpointed by rank 0
+
+    def set_learning_rate(self, step):
+        opt = self.config.optimizer
+        lr = learning_rate(step, self.base_lr, self.config.train.max_steps, opt.schedule, opt.warmup_steps,
+                           opt.lr_steps, opt.lr_factor)
+        for each in (self.trainer, self.local_trainer) if self.local_trainer else (self.trainer,):
+            each.set_learning_rate(lr)
+
+    def _scalars(self):
+        return {"step": self.step, "best": dict(self.best), "data_position": self.data_position,
+                "loss_scale": self.scaler.state_dict() if self.scaler else None,
+                "skipped_updates": self.skipped_updates}
+
+    def _set_scalars(self, scalars):
+        self.step, self.best = scalars["step"], dict(scalars["best"])
+        self.data_position = tuple(scalars["data_position"]) if scalars["data_position"] else None
+        self.skipped_updates = scalars["skipped_updates"]
+        if self.scaler and scalars["loss_scale"]:
+            self.scaler.load_state_dict(scalars["loss_scale"])
+        self.nonfinite_in_row = 0
+
+    # -- on disk ---------------------------------------------------------------------------------
+    def resume(self, resume, out_dir, log, collective=True):
+        """Load a checkpoint (``auto``: the newest complete one in ``out_dir``). ``collective``:
+        rank 0 reads it and sends it to every rank (_resume_state); else only this rank loads it,
+        from its own disk (elastic mode: the first sync sends it on)."""
+        if collective:
+            folder, meta = _resume_state(resume, out_dir, self.net, self.head, self.trainer, self.params,
+                                         self.head_params, self.local_trainer)
+        elif dist.rank() == 0:
+            folder = checkpoint.latest_state(out_dir) if resume == "auto" else resume
+            if folder and not os.path.isdir(folder):
+                raise TrainingError(f"{dist.where()}: --resume {folder}: not found")
+            try:
+                meta = checkpoint.load_state(folder, self.net, self.head, self.trainer) if folder else None
+            except ValueError as err:
+                raise TrainingError(f"{dist.where()}: {err}") from None
+        else:
+            folder, meta = None, None
+        if not folder:
+            if resume == "auto" and dist.rank() == 0:
+                log(f"no checkpoint in {out_dir}/checkpoints; starting from scratch")
+            return None
+        if self.local_trainer:
+            self.head.set_step(meta["step"])
+        self.step, self.best = meta["step"], meta.get("best", self.best)
+        self.data_position = tuple(meta["data_position"]) if meta.get("data_position") else None
+        if self.scaler and "loss_scale" in meta:
+            self.scaler.load_state_dict(meta["loss_scale"])
+        if dist.rank() == 0:
+            resized = meta.get("world_size", self.world) != self.world
+            log(f"resumed from {folder} at step {self.step}" +
+                (f" (written by {meta['world_size']} workers, now {self.world}: classifier blocks re-split, "
+                 f"data from global position {self.data_position[1]} of epoch {self.data_position[0]})"
+                 if resized and self.data_position else ""))
+        return folder
+
+    def save(self, out_dir, batches):
+        """Collective; only rank 0 writes (to its own disk: nothing assumes a shared folder).
+        Returns whether the checkpoint was written (on rank 0; True elsewhere)."""
+        if hasattr(self.head, "flush_state"):
+            self.head.flush_state()
+        dist.average_running_stats(self.params)
+        # a sharded classifier's blocks travel to rank 0 one at a time
+        blocks = shards.gather_blocks(self.head, self.local_trainer) if self.local_trainer else ()
+        if dist.rank() != 0:
+            for _ in blocks:
+                pass
+            return True
+        meta = {"model": self.config.model.name, "embedding_size": self.embedding_size,
+                "num_classes": self.num_classes, "world_size": self.world, "best": self.best,
+                "steps_per_epoch": batches.steps_per_epoch, "data_position": list(batches.position(self.step)),
+                "hosts": dist.hosts()}
+        if self.local_trainer:
+            meta["head_blocks"] = [list(shard_range(self.num_classes, r, self.world)) for r in range(self.world)]
+            meta["head_optimizer"] = shards.optimizer_counters(self.local_trainer, shards.block_roles(self.head))
+        if self.scaler:
+            meta["loss_scale"] = self.scaler.state_dict()
+        if hasattr(self.head, "scale"):
+            meta["scale"] = float(self.head.scale)
+        return checkpoint.save_state(out_dir, self.step, self.net, self.head, self.trainer, meta,
+                                     keep=self.config.output.keep, head_params=self.head_params,
+                                     blocks=blocks) is not None
+
+    # -- in memory (elastic commits) -------------------------------------------------------------
+    def snapshot(self):
+        """A copy of the state in host memory (replicated heads only: see elastic.refusal)."""
+        if hasattr(self.head, "flush_state"):
+            self.head.flush_state()
+        return {"arrays": [p.data().asnumpy() for p in self.all_params],
+                "optimizer": dist.trainer_states(self.trainer), "scalars": self._scalars()}
+
+    def restore(self, snapshot):
+        """Back to ``snapshot`` after a failed collective. The arrays of the failed step may still
+        carry the failure (MXNet keeps an operator's error on its outputs and rethrows it to
+        whoever reads them), so every parameter gets new arrays rather than a copy into the old."""
+        for param, value in zip(self.all_params, snapshot["arrays"]):
+            param._data = [mx.nd.array(value, ctx=param.list_ctx()[0], dtype=param.dtype)]
+            param._init_grad()  # new gradient buffers, marked for autograd
+        elastic.discard_pending(self.head)
+        dist.set_trainer_states(self.trainer, snapshot["optimizer"])
+        self._set_scalars(snapshot["scalars"])
+
+    def broadcast_from(self, root):
+        """Every rank takes rank ``root``'s state (collective)."""
+        dist.broadcast_parameters(self.params, root_rank=root)
+        dist.broadcast_trainer_states(self.trainer, root_rank=root)
+        self._set_scalars(dist.broadcast_object(self._scalars(), root_rank=root, name="state.scalars"))
+
+
+def make_order(config, dataset):
+    """The sample order of this rank for the current rank and number of workers (ValueError where
+    the dataset is too small for one global batch)."""
+    rank, world = dist.rank(), dist.size()
+    if config.data.sampler == "pk":
+        return PKOrder(dataset, config.data.batch_size, config.data.images_per_identity, rank, world,
+                       config.train.seed, config.data.small_identities)
+    return ShardedOrder(dataset, config.data.batch_size, rank, world, config.train.seed)
+
+
+def make_batches(config, dataset, state, log):
+    """This rank's batches from ``state``'s step and global data position on."""
+    rank, order = dist.rank(), make_order(config, dataset)
+    return TrainBatches(dataset, order, flip=config.data.flip, color_jitter=config.data.color_jitter,
+                        cutoff=config.data.cutoff,
+                        num_workers=0 if config.train.deterministic else config.data.num_workers,
+                        prefetch=0 if config.train.deterministic else config.data.prefetch,
+                        max_bad_share=config.data.max_bad_records, start_step=state.step,
+                        start_position=state.data_position, log=lambda message: log(f"rank {rank}: {message}"))
+
+
+def update(state, data, label, logger, triplets=None, predict=False):
+    """One optimizer update on (data, label); returns (loss, predicted classes or None), or None
+    when the gradient was non-finite and the update was skipped (parameters, BatchNorm
+    statistics, head state and optimizer untouched). ``predict``: also the head's class
+    predictions for this batch, taken before the update, as the forward saw them (after it, the
+    classifier rows of this batch's classes have just moved towards these very embeddings, which
+    flatters the accuracy early in training)."""
+    head, scaler, config = state.head, state.scaler, state.config
+    before = [p.data().copy() for p in state.stateful]  # the forward moves BN statistics, AdaCos s, centres
+    with autograd.record():
+        embeddings = state.compute_net(data)
+        if hasattr(head, "update_state"):
+            head.update_state(embeddings.detach(), label)
+        loss = head(embeddings, label) if triplets is None else head(embeddings, label, triplets)
+        scaled = loss * scaler.scale if scaler else loss
+    scaled.backward()
+    state.trainer.allreduce_grads()
+    # identical on every rank after the allreduce, so all ranks skip together; a sharded
+    # classifier block's gradient is per rank, so its probe is summed over the ranks first
+    probe = _nonfinite_probe(state.params)
+    if state.local_trainer:
+        local_probe = mx.nd.array([_nonfinite_probe(state.local_params)], dtype="float64")
+        probe += float(dist.allreduce_sum(local_probe, name="local_grad_norm").asscalar())
+    if not np.isfinite(probe):
+        for param, value in zip(state.stateful, before):
+            param.set_data(value)
+        state.skipped_updates += 1
+        if scaler and not scaler.at_minimum:  # the scaled gradients overflowed: a smaller scale
+            logger.message(f"step {state.step}: gradients overflowed at loss scale {scaler.scale:g}; "
+                           f"update skipped, scale halved")
+            scaler.update(False)
+            return None
+        state.nonfinite_in_row += 1
+        logger.scalars(state.step, {"nonfinite_skipped": state.skipped_updates})
+        logger.message(f"step {state.step}: non-finite loss or gradient, update skipped "
+                       f"({state.nonfinite_in_row} in a row)")
+        if state.nonfinite_in_row >= config.train.max_nonfinite:
+            raise TrainingError(f"{state.nonfinite_in_row} non-finite updates in a row at step {state.step}; "
+                                f"stopping (last good checkpoint kept in {config.output.dir}/checkpoints)")
+        return None
+    state.nonfinite_in_row = 0
+    predicted = None
+    if predict:
+        with autograd.pause():
+            predicted = head.predict_class(embeddings) if hasattr(head, "predict_class") \
+                else head.predict(embeddings).argmax(axis=1)
+    # Trainer.update divides the gradients by its argument: dividing by the loss scale too undoes
+    # the scaling (exact for powers of two) before clipping, weight decay and momentum
+    unscale = scaler.scale if scaler else 1.0
+    if scaler:
+        scaler.update(True)
+    state.trainer.update(data.shape[0] * unscale)
+    if state.local_trainer:
+        state.local_trainer.update(data.shape[0] * state.world * unscale)
+    return loss, predicted
+
+
+def step(state, batches, logger, predict=False):
+    """One training step: the next batch, its update(s), ``state.step`` + 1. Returns the last
+    (loss, predicted, labels) or None when every update of the step was skipped.
+
+    Semi-online triplet mining (MassFace Table 4): embeddings of the last N batches, computed
+    without gradient, form the pool; the mined images are forwarded again for the updates."""
+    config, ctx = state.config, state.net.collect_params().list_ctx()[0]
+    if config.train.deterministic:
+        mx.random.seed((config.train.seed * 1000003 + state.step * 7919 + dist.rank()) % (2 ** 31))
+    data_np, label_np = next(batches)
+    data, label = mx.nd.array(data_np, ctx=ctx), mx.nd.array(label_np, ctx=ctx)
+    state.set_learning_rate(state.step)
+    last = None
+    pool = getattr(state.head, "semi_online_pool", None)
+    if pool is None:
+        result = update(state, data, label, logger, predict=predict)
+        last = result + (label,) if result else None
+    else:
+        with autograd.predict_mode():
+            pool_embeddings = state.compute_net(data)
+        if pool.add(pool_embeddings, label_np, data_np):
+            for chunk in state.head.select_pool(max_images=config.data.batch_size):
+                chunk_label = mx.nd.array(chunk.labels, ctx=ctx)
+                result = update(state, mx.nd.array(chunk.items, ctx=ctx), chunk_label, logger, chunk.triplets)
+                last = result + (chunk_label,) if result else last
+    state.step += 1
+    return last
+
+
+def run_steps(state, batches, callbacks, logger, until):
+    """Steps until ``state.step`` reaches ``until``; the callbacks see every finished step."""
+    can_predict = hasattr(state.head, "predict") or hasattr(state.head, "predict_class")
+    while state.step < until:
+        predict = can_predict and any(c.wants_prediction(state.step + 1) for c in callbacks)
+        last = step(state, batches, logger, predict)
+        for callback in callbacks:
+            callback.after_step(state, batches, last)
 
 
 class _LauncherStop:
@@ -246,13 +499,16 @@ def _lost_message(config, err, progress):
 def train(config, resume=None, pretrained=None, log=print, return_model=False):
     """Run the training of ``config``; returns a dict of final results (on every rank), or
     (results, net, head) with ``return_model``. Under horovodrun, a lost worker (a failed
-    collective, or horovodrun stopping this one) raises WorkerLost with a one-line account."""
+    collective, or horovodrun stopping this one) raises WorkerLost with a one-line account; in
+    elastic mode the others go on instead."""
     dist.init()
     progress = {"step": None}  # the step of the last checkpoint this rank took part in
+    elastic_run = config.train.elastic and elastic.launched_elastic()
     stop = _LauncherStop(lambda err: _lost_message(config, err, progress)) \
-        if dist.is_distributed() and threading.current_thread() is threading.main_thread() else None
+        if dist.is_distributed() and not elastic_run and threading.current_thread() is threading.main_thread() \
+        else None
     try:
-        return _train(config, resume, pretrained, log, return_model, progress)
+        return _train(config, resume, pretrained, log, return_model, progress, elastic_run)
     except mx.base.MXNetError as err:
         if not _is_horovod_failure(err):
             raise
@@ -262,250 +518,69 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
             stop.close()
 
 
-def _train(config, resume, pretrained, log, return_model, progress):
-    rank, world = dist.rank(), dist.size()
-    check_files_on_every_host(config, pretrained)
-    dist.hosts()  # every rank's hostname, for messages and meta.json (collective, so here)
+def _train(config, resume, pretrained, log, return_model, progress, elastic_run):
+    # elastic: no collective before Horovod's elastic loop, which a worker added later would
+    # otherwise run against the others' training steps
+    collective = not elastic_run
+    check_files_on_every_host(config, pretrained, collective)
+    if collective:
+        dist.hosts()  # every rank's hostname, for messages and meta.json (collective, so here)
     # one GPU per worker with mxnet-cu112 (horovodrun -np = GPUs per host x hosts), else the CPU
     ctx = mx.gpu(dist.local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
     out_dir = config.output.dir
     _seed(config.train.seed)
 
     dataset = RecordDataset(config.data.root)  # validates the files before any work
-    if config.data.sampler == "pk":
-        order = PKOrder(dataset, config.data.batch_size, config.data.images_per_identity, rank, world,
-                        config.train.seed, config.data.small_identities)
-    else:
-        order = ShardedOrder(dataset, config.data.batch_size, rank, world, config.train.seed)
-
-    net, head, embedding_size = build_network(config, dataset.num_classes, ctx)
-    compute_net = compute_network(net, config, ctx)
+    make_order(config, dataset)  # and that one global batch fits in it
+    net, compute_net, head, embedding_size = build_network(config, dataset.num_classes, ctx)
+    if elastic_run and elastic.refusal(head):
+        raise TrainingError(f"train.elastic: {elastic.refusal(head)}")
     if pretrained:
         checkpoint.load_pretrained(net, pretrained)
-    params, local_params = _split_params(net, head)
-    dist.broadcast_parameters(params)
-
-    opt = config.optimizer
-    base_lr = opt.lr * world  # linear scaling with the number of workers
-    optimizer_params = {"learning_rate": base_lr, "wd": opt.wd}
-    if opt.name in ("sgd", "nag"):
-        optimizer_params["momentum"] = opt.momentum
-    if opt.clip_gradient > 0:
-        optimizer_params["clip_gradient"] = opt.clip_gradient
-    trainer = dist.make_trainer(params, opt.name, optimizer_params, config.train.allreduce_groups)
-    # a sharded classifier block already holds the global batch's gradient: plain local updates
-    local_trainer = mx.gluon.Trainer(local_params, opt.name, dict(optimizer_params), kvstore=None) \
-        if list(local_params.keys()) else None
-    head_params = head.shared_params() if local_trainer else None  # checkpointed by rank 0
-
-    scaler = loss_scaler(config)
-    start_step, best, data_position = 0, {"accuracy": -1.0}, None
-    resume_dir, meta = _resume_state(resume, out_dir, net, head, trainer, params, head_params, local_trainer) \
-        if resume else (None, None)
-    if resume_dir:
-        progress["step"] = meta["step"]
-        if local_trainer:
-            head.set_step(meta["step"])
-        start_step, best = meta["step"], meta.get("best", best)
-        data_position = meta.get("data_position")
-        if scaler and "loss_scale" in meta:
-            scaler.load_state_dict(meta["loss_scale"])
-        if rank == 0:
-            resized = meta.get("world_size", world) != world
-            log(f"resumed from {resume_dir} at step {start_step}" +
-                (f" (written by {meta['world_size']} workers, now {world}: classifier blocks re-split, "
-                 f"data from global position {data_position[1]} of epoch {data_position[0]})"
-                 if resized and data_position else ""))
-    elif resume == "auto" and rank == 0:
-        log(f"no checkpoint in {out_dir}/checkpoints; starting from scratch")
-
-    batches = TrainBatches(dataset, order, flip=config.data.flip, color_jitter=config.data.color_jitter,
-                           cutoff=config.data.cutoff,
-                           num_workers=0 if config.train.deterministic else config.data.num_workers,
-                           prefetch=0 if config.train.deterministic else config.data.prefetch,
-                           max_bad_share=config.data.max_bad_records, start_step=start_step,
-                           start_position=data_position, log=lambda message: log(f"rank {rank}: {message}"))
-    verification = Verification(config.verification.bins, config.verification.batch_size,
-                                config.verification.flip) if config.verification.bins else None
-    if rank == 0:  # only now: a run refused above leaves nothing behind
+    state = TrainState(config, dataset.num_classes, net, compute_net, head, embedding_size)
+    if collective:
+        dist.broadcast_parameters(state.params)
+    if resume and state.resume(resume, out_dir, log, collective):
+        progress["step"] = state.step
+    if dist.rank() == 0:  # only now: a run refused above leaves nothing behind
         os.makedirs(out_dir, exist_ok=True)
         checkpoint.remove_partial(out_dir)
         write_json_atomic(os.path.join(out_dir, "config.json"), to_dict(config))
-    logger = Logger(out_dir, config.train.max_steps, start_step, config.data.batch_size * world)
-    meta_base = {"model": config.model.name, "embedding_size": embedding_size,
-                 "num_classes": dataset.num_classes, "world_size": world}
-    results = {"start_step": start_step}
 
-    def save(step):
-        """Collective; only rank 0 writes (to its own disk: nothing assumes a shared folder)."""
-        if hasattr(head, "flush_state"):
-            head.flush_state()
-        dist.average_running_stats(params)
-        # a sharded classifier's blocks travel to rank 0 one at a time
-        blocks = shards.gather_blocks(head, local_trainer) if local_trainer else ()
-        if rank != 0:
-            for _ in blocks:
-                pass
-            progress["step"] = step
-            return True
-        extra = {"best": best, "steps_per_epoch": batches.steps_per_epoch,
-                 "data_position": list(batches.position(step)), "hosts": dist.hosts()}
-        if local_trainer:
-            extra["head_blocks"] = [list(shard_range(dataset.num_classes, r, world)) for r in range(world)]
-            extra["head_optimizer"] = shards.optimizer_counters(local_trainer, shards.block_roles(head))
-        if scaler:
-            extra["loss_scale"] = scaler.state_dict()
-        if hasattr(head, "scale"):
-            extra["scale"] = float(head.scale)
-        saved = checkpoint.save_state(out_dir, step, net, head, trainer, dict(meta_base, **extra),
-                                      keep=config.output.keep, head_params=head_params, blocks=blocks) is not None
-        if saved:
-            progress["step"] = step
-        return saved
-
-    def verify(step):
-        dist.average_running_stats(params)
-        scores = verification(compute_net)
-        logger.scalars(step, {f"verification/{name}/accuracy": r["accuracy"] for name, r in scores.items()})
-        logger.scalars(step, {f"verification/{name}/xnorm": r["xnorm"] for name, r in scores.items()})
-        mean_accuracy = float(np.mean([r["accuracy"] for r in scores.values()]))
-        for name, r in scores.items():
-            logger.message(f"step {step}: {name} accuracy {r['accuracy']:.4f}+-{r['accuracy_std']:.4f} "
-                           f"xnorm {r['xnorm']:.2f} tar@far1e-3 {r['tar_at_far_1e-3']:.4f}")
-        if mean_accuracy > best["accuracy"]:
-            best.update(accuracy=mean_accuracy, step=step)
-            if rank == 0:
-                checkpoint.export_model(net, os.path.join(out_dir, "best", "model"), 1)
-                write_json_atomic(os.path.join(out_dir, "best", "scores.json"), {"step": step, "scores": scores})
-        return scores
-
-    counters = {"nonfinite_in_row": 0, "skipped_updates": 0}
-
-    stateful = [p for p in list(params.values()) + list(local_params.values()) if p.grad_req == "null"]
-
-    def predicted_classes(embeddings):
-        with autograd.pause():
-            return head.predict_class(embeddings) if hasattr(head, "predict_class") \
-                else head.predict(embeddings).argmax(axis=1)
-
-    def update(step, data, label, triplets=None, predict=False):
-        """One optimizer update on (data, label); returns (loss, predicted classes or None), or
-        None when the gradient was non-finite and the update was skipped (parameters, BatchNorm
-        statistics, head state and optimizer untouched). ``predict``: also the head's class
-        predictions for this batch, taken before the update, as the forward saw them (after it,
-        the classifier rows of this batch's classes have just moved towards these very
-        embeddings, which flatters the accuracy early in training)."""
-        before = [p.data().copy() for p in stateful]  # the forward moves BN statistics, AdaCos s, centres
-        with autograd.record():
-            embeddings = compute_net(data)
-            if hasattr(head, "update_state"):
-                head.update_state(embeddings.detach(), label)
-            loss = head(embeddings, label) if triplets is None else head(embeddings, label, triplets)
-            scaled = loss * scaler.scale if scaler else loss
-        scaled.backward()
-        trainer.allreduce_grads()
-        # identical on every rank after the allreduce, so all ranks skip together; a sharded
-        # classifier block's gradient is per rank, so its probe is summed over the ranks first
-        probe = _nonfinite_probe(params)
-        if local_trainer:
-            local_probe = mx.nd.array([_nonfinite_probe(local_params)], dtype="float64")
-            probe += float(dist.allreduce_sum(local_probe, name="local_grad_norm").asscalar())
-        if not np.isfinite(probe):
-            for param, value in zip(stateful, before):
-                param.set_data(value)
-            counters["skipped_updates"] += 1
-            if scaler and not scaler.at_minimum:  # the scaled gradients overflowed: a smaller scale
-                logger.message(f"step {step}: gradients overflowed at loss scale {scaler.scale:g}; "
-                               f"update skipped, scale halved")
-                scaler.update(False)
-                return None
-            counters["nonfinite_in_row"] += 1
-            logger.scalars(step, {"nonfinite_skipped": counters["skipped_updates"]})
-            logger.message(f"step {step}: non-finite loss or gradient, update skipped "
-                           f"({counters['nonfinite_in_row']} in a row)")
-            if counters["nonfinite_in_row"] >= config.train.max_nonfinite:
-                raise TrainingError(f"{counters['nonfinite_in_row']} non-finite updates in a row at step {step}; "
-                                    f"stopping (last good checkpoint kept in {out_dir}/checkpoints)")
-            return None
-        counters["nonfinite_in_row"] = 0
-        predicted = predicted_classes(embeddings) if predict else None
-        # Trainer.update divides the gradients by its argument: dividing by the loss scale too
-        # undoes the scaling (exact for powers of two) before clipping, weight decay and momentum
-        unscale = scaler.scale if scaler else 1.0
-        if scaler:
-            scaler.update(True)
-        trainer.update(data.shape[0] * unscale)
-        if local_trainer:
-            local_trainer.update(data.shape[0] * world * unscale)
-        return loss, predicted
-
-    # semi-online triplet mining (MassFace Table 4): embeddings of the last N batches, computed
-    # without gradient, form the pool; the mined images are forwarded again for the updates.
-    semi_online = getattr(head, "semi_online_pool", None) is not None
-    can_predict = hasattr(head, "predict") or hasattr(head, "predict_class")
-    last = None
-    last_saved = start_step
+    logger = Logger(out_dir, config.train.max_steps, state.step, config.data.batch_size * dist.size())
+    verification = Verification(config.verification.bins, config.verification.batch_size,
+                                config.verification.flip) if config.verification.bins else None
+    verify = VerifyEvery(verification, config.verification.every, config.train.max_steps, logger, out_dir) \
+        if verification else None
+    saver = Checkpoints(out_dir, config.output.checkpoint_every, progress, state.step)
+    callbacks = [LogProgress(logger, config.train.log_every, config.train.max_steps)] + \
+        [c for c in (verify, saver) if c]
+    results = {"start_step": state.step}
+    batches = None
     try:
-        for step in range(start_step, config.train.max_steps):
-            if config.train.deterministic:
-                mx.random.seed((config.train.seed * 1000003 + step * 7919 + rank) % (2 ** 31))
-            data_np, label_np = next(batches)
-            data, label = mx.nd.array(data_np, ctx=ctx), mx.nd.array(label_np, ctx=ctx)
-            lr = learning_rate(step, base_lr, config.train.max_steps, opt.schedule, opt.warmup_steps,
-                               opt.lr_steps, opt.lr_factor)
-            for each in (trainer, local_trainer) if local_trainer else (trainer,):
-                each.set_learning_rate(lr)
-            log_step = (step + 1) % config.train.log_every == 0 or step + 1 == config.train.max_steps
-            if not semi_online:
-                result = update(step, data, label, predict=log_step and can_predict)
-                last = (result + (label,)) if result else last
-            else:
-                with autograd.predict_mode():
-                    pool_embeddings = compute_net(data)
-                if head.semi_online_pool.add(pool_embeddings, label_np, data_np):
-                    for chunk in head.select_pool(max_images=config.data.batch_size):
-                        chunk_label = mx.nd.array(chunk.labels, ctx=ctx)
-                        result = update(step, mx.nd.array(chunk.items, ctx=ctx), chunk_label, chunk.triplets)
-                        last = (result + (chunk_label,)) if result else last
-            done = step + 1
-
-            if log_step and last:
-                loss, predicted, loss_label = last
-                values = {"loss": float(loss.mean().asscalar()), "lr": trainer.learning_rate,
-                          "epoch": done / batches.steps_per_epoch}
-                if predicted is not None:
-                    values["train_acc"] = float((predicted == loss_label).mean().asscalar())
-                if hasattr(head, "last_num_triplets"):
-                    values["triplets"] = head.last_num_triplets
-                if hasattr(head, "scale"):
-                    values["scale"] = float(head.scale)
-                if batches.bad_records:
-                    values["bad_records"] = batches.bad_records
-                if scaler:
-                    values["loss_scale"] = scaler.scale
-                logger.step(done, values)
-            if verification and config.verification.every and done % config.verification.every == 0 \
-                    and done != config.train.max_steps:
-                verify(done)
-            # never replace good checkpoints by one taken in the middle of a non-finite streak
-            if config.output.checkpoint_every and done % config.output.checkpoint_every == 0 \
-                    and counters["nonfinite_in_row"] == 0:
-                save(done)
-                last_saved = done
-        done = config.train.max_steps
-        if last_saved != done and not save(done) and rank == 0:
-            raise TrainingError(f"the final checkpoint of step {done} could not be written in {out_dir}")
-        if verification:
-            results["verification"] = verify(done)
-        if rank == 0 and not checkpoint.export_model(net, os.path.join(out_dir, "model"), 1):
+        if elastic_run:
+            elastic.run(state, lambda: make_batches(config, dataset, state, log), callbacks, logger,
+                        config.train.elastic_commit_every, run_steps, log)
+            batches = make_batches(config, dataset, state, log)  # for the final checkpoint's data position
+        else:
+            batches = make_batches(config, dataset, state, log)
+            run_steps(state, batches, callbacks, logger, config.train.max_steps)
+        if saver.last_saved != state.step and not saver.save(state, batches) and dist.rank() == 0:
+            raise TrainingError(f"the final checkpoint of step {state.step} could not be written in {out_dir}")
+        if verify:
+            results["verification"] = verify(state, state.step)
+        if dist.rank() == 0 and not checkpoint.export_model(net, os.path.join(out_dir, "model"), 1):
             raise TrainingError(f"the final model could not be exported to {out_dir}/model")
         dist.barrier()  # no worker leaves (and shuts Horovod down) while rank 0 still saves
     finally:
-        batches.close()
+        if batches:
+            batches.close()
         logger.close()
-    results.update(steps=config.train.max_steps, best=best, skipped_updates=counters["skipped_updates"],
+    results.update(steps=config.train.max_steps, best=state.best, skipped_updates=state.skipped_updates,
                    bad_records=batches.bad_records, samples_per_sec=logger.median_samples_per_sec())
-    if rank == 0:
+    if elastic_run:
+        results["world_size"] = dist.size()
+    if dist.rank() == 0:
         write_json_atomic(os.path.join(out_dir, "results.json"), results)
     return (results, net, head) if return_model else results
 

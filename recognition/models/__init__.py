@@ -160,3 +160,31 @@ def forward_flops(name_or_net, input_size=112, **kwargs):
     """FLOPs of one image's forward (2 x multiply-accumulates, see forward_macs)."""
     net = get_model(name_or_net, **kwargs) if isinstance(name_or_net, str) else name_or_net
     return 2 * forward_macs(net, (1, 3, input_size, input_size))
+
+
+def build_backbone(name, precision="float32", ctx=None, hybridize=True, initializer=None, **model_kwargs):
+    """The network every trainer and benchmark trains: ``get_model(name, **model_kwargs)``,
+    initialised (deferred shapes resolved), hybridized, and for ``precision`` bfloat16 / float16 a
+    low-precision graph of it (recognition.models.precision). Returns (net, compute_net,
+    embedding_size): ``net`` holds the float32 parameters (save, export, load and broadcast it);
+    ``compute_net`` is what forwards run (``net`` itself in float32). RuntimeError where the
+    precision cannot run on ``ctx``."""
+    from .precision import low_precision_network
+    ctx = ctx or mx.cpu()
+    if precision not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unknown precision {precision!r} (float32, bfloat16, float16)")
+    net = get_model(name, **model_kwargs)
+    net.initialize(initializer or default_initializer(), ctx=ctx)
+    if hybridize:
+        net.hybridize(static_alloc=True, static_shape=True)
+    # a training-mode forward (nothing recorded, so no BatchNorm statistics move): in inference mode
+    # MKL-DNN reorders convolution weights in place into a layout that bfloat16 casts cannot read
+    with mx.autograd.train_mode():
+        side = model_kwargs.get("input_size", 112)
+        embedding_size = net(mx.nd.zeros((2, 3, side, side), ctx=ctx)).shape[1]
+    if precision == "float32":
+        return net, net, embedding_size
+    compute_net = low_precision_network(net, precision, ctx)
+    if hybridize:
+        compute_net.hybridize(static_alloc=True, static_shape=True)
+    return net, compute_net, embedding_size

@@ -36,7 +36,7 @@ def main():
     dist.init()
     rank, world = dist.rank(), dist.size()
     dataset = RecordDataset(config.data.root)
-    net, head, _ = training.build_network(config, dataset.num_classes, mx.cpu())
+    net, _, head, _ = training.build_network(config, dataset.num_classes, mx.cpu())
     params, local_params = training._split_params(net, head)
     opt = dict(learning_rate=LR, momentum=MOMENTUM, wd=WD)
     trainer = dist.make_trainer(params, "sgd", dict(opt))
