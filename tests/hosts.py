@@ -499,6 +499,15 @@ class Hosts:
                 "eth0", "-p", str(SSH_PORT), "--disable-cache", *extra, sys.executable,
                 *[str(a) for a in args]]
 
+    def horovodrun_elastic_argv(self, args, discovery_script, np, min_np, max_np, extra=()):
+        """The elastic horovodrun command line: hosts and slots from ``discovery_script`` (run by
+        horovodrun on host 0; it prints ``NAME:SLOTS`` lines) instead of ``-H``."""
+        argv = self.horovodrun_argv(args, (1,), extra)
+        at = argv.index("-H")
+        argv[1:at + 2] = ["-np", str(np), "--min-np", str(min_np), "--max-np", str(max_np),
+                          "--host-discovery-script", discovery_script]
+        return argv
+
     def horovodrun(self, args, slots=(1, 1), timeout=300, env=None, extra=(), cwd=ROOT):
         """Run a real multi-host ``horovodrun ... python args...`` on host 0 and wait for it.
         ``env``: extra variables on top of ``self.env()`` (horovodrun passes them to every rank)."""

@@ -51,6 +51,18 @@ def discard_pending(block):
         discard_pending(child)
 
 
+def _clear_engine_errors(limit=1000):
+    """MXNet keeps the error of every failed operator and rethrows one per ``waitall`` (at the
+    latest when the process exits); the failed step's are taken out here, one by one. Horovod has
+    already shut down and failed every operator it still held, so none of them is left pending."""
+    for _ in range(limit):
+        try:
+            mx.nd.waitall()
+            return
+        except mx.base.MXNetError:
+            continue
+
+
 @contextlib.contextmanager
 def _translated():
     from horovod.common.exceptions import HorovodInternalError
@@ -79,6 +91,7 @@ def _state_class():
             self.committed = self.train_state.snapshot()
 
         def restore(self):
+            _clear_engine_errors()
             if self.committed is not None:
                 self.train_state.restore(self.committed)
 
