@@ -84,9 +84,8 @@ def ijb_paths(root, target):
         "pairs": os.path.join(meta, f"{t}_template_pair_label.txt"),
         "probe": os.path.join(meta, f"{t}_1N_probe_mixed.csv"),
     }
-    for name in ("crops",):
-        if not os.path.isdir(paths[name]):
-            raise IJBError(f"{paths[name]}: crop folder not found")
+    if not os.path.isdir(paths["crops"]):
+        raise IJBError(f"{paths['crops']}: crop folder not found")
     for name in ("landmarks", "media", "pairs"):
         if not os.path.isfile(paths[name]):
             raise IJBError(f"{paths[name]}: file not found")
@@ -399,8 +398,8 @@ def tar_at_far(fpr, tpr, far_target):
     """insightface's TAR at FAR (``ijb_11.py``): the ROC point whose FAR is nearest the target;
     among equally near points the last one (the highest TAR). Returns (index, TAR, FAR there).
 
-    Below one false accept (FAR 1e-6 needs a million impostor pairs) the nearest point is at
-    FAR 0: the TAR at zero false accepts."""
+    A target under half of one false accept (1 / 2 impostor pairs) is nearest FAR 0: the TAR at
+    zero false accepts."""
     distance = np.abs(np.asarray(fpr) - far_target)
     index = len(distance) - 1 - int(np.argmin(distance[::-1]))
     return index, float(tpr[index]), float(fpr[index])
@@ -534,13 +533,13 @@ def embed_chunks(net, n, load, chunk=2048, batch_size=64, flip="sum", ctx=None, 
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
 
     def my_share(start, stop):
+        # equal shares (allgather wants equal shapes); the short last ones padded with black
         share = -(-(stop - start) // workers)
         a = min(start + rank * share, stop)
         b = min(a + share, stop)
-        faces = load(a, b) if b > a else np.zeros((0, image_size, image_size, 3), np.uint8)
-        if len(faces) < share:
-            pad = np.zeros((share - len(faces),) + tuple(faces.shape[1:] or (image_size, image_size, 3)), np.uint8)
-            faces = np.concatenate([faces, pad]) if len(faces) else pad
+        faces = np.zeros((share, image_size, image_size, 3), np.uint8)
+        if b > a:
+            faces[:b - a] = load(a, b)
         return faces
 
     with ThreadPoolExecutor(1) as pool:
