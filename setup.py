@@ -24,5 +24,6 @@ setup(
         "rec-export=recognition.cli.export:main",
         "rec-detect=recognition.cli.detect:main",
         "rec-compare=recognition.cli.compare:main",
+        "rec-eval-ijb=recognition.cli.eval_ijb:main",
     ]},
 )

@@ -44,20 +44,32 @@ class Logger:
     samples/s, and mxboard scalars, on rank 0 only."""
 
     def __init__(self, out_dir, total_steps, start_step, global_batch, enabled=True):
-        self.enabled = enabled and dist.rank() == 0
+        self.out_dir, self.wanted = out_dir, enabled
         self.global_batch = global_batch
-        self.writer, self.bar = None, None
+        self.writer, self.bar, self.enabled = None, None, False
         self.total_steps = total_steps
         self._last_time, self._last_step = time.time(), start_step
         self.samples_per_sec = 0.0
         self.rates = []  # samples/s of every log interval
-        if self.enabled:
-            from mxboard import SummaryWriter
-            from tqdm import tqdm
-            self.writer = SummaryWriter(logdir=os.path.join(out_dir, "logs"), flush_secs=10)
-            if not _line_oriented():
-                self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                                dynamic_ncols=True, mininterval=1.0)
+        self.follow_rank(start_step)
+
+    def follow_rank(self, step):
+        """Write where this process is rank 0 now (an elastic reset can move rank 0 to another
+        worker: the new one goes on with the log, on its own disk)."""
+        enabled = self.wanted and dist.rank() == 0
+        if enabled == self.enabled:
+            return
+        self.enabled = enabled
+        if not enabled:
+            self.close()
+            self.writer = self.bar = None
+            return
+        from mxboard import SummaryWriter
+        from tqdm import tqdm
+        self.writer = SummaryWriter(logdir=os.path.join(self.out_dir, "logs"), flush_secs=10)
+        if not _line_oriented():
+            self.bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
+                            dynamic_ncols=True, mininterval=1.0)
 
     def scalars(self, step, values):
         if self.writer:

@@ -127,6 +127,7 @@ def run(state, make_batches, callbacks, logger, commit_every, run_steps, log):
         state.make_trainers()
         dist.set_trainer_states(state.trainer, optimizer)
         logger.global_batch = state.config.data.batch_size * state.world
+        logger.follow_rank(state.step)
         if dist.rank() == 0:
             log(f"elastic: {state.world} workers now; going on from the commit of step {state.step}")
 
