@@ -3,7 +3,7 @@ checkpoints, learning-rate schedule. Rank 0 writes and prints; every rank takes 
 verification (embedding is shared across workers) and in checkpoints (statistics are averaged
 and a sharded head's blocks gathered).
 
-A callback has ``wants_prediction(step)`` (whether the step ending at ``step`` should also
+A callback has ``wants_prediction(state, step)`` (whether the step ending at ``step`` should also
 return the head's class predictions) and ``after_step(state, batches, last)``, called with the
 TrainState after each step and the step's last (loss, predicted, labels) or None.
 """
@@ -71,6 +71,12 @@ class Logger:
             self.bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
                             dynamic_ncols=True, mininterval=1.0)
 
+    def set_total(self, total_steps):
+        self.total_steps = total_steps
+        if self.bar:
+            self.bar.total = total_steps
+            self.bar.refresh()
+
     def scalars(self, step, values):
         if self.writer:
             for name, value in values.items():
@@ -129,21 +135,57 @@ class Verification:
                 for name, images, issame in self.sets}
 
 
+class TimeBudget:
+    """``train.time_budget_minutes``: the step time is measured over ``measure`` steps (after
+    ``skip`` start-up steps), and ``state.max_steps`` set so that the whole schedule (warmup,
+    cosine or steps) ends inside the budget, counted from the start of training, less a
+    ``margin`` for the final checkpoint, verification and export. Decided once (rank 0's figure,
+    for every rank); kept in checkpoints, so a resumed run keeps it."""
+
+    def __init__(self, minutes, started, start_step, logger, skip=5, measure=20, margin=0.05):
+        self.minutes, self.started, self.logger = minutes, started, logger
+        self.skip, self.measure, self.margin = skip, measure, margin
+        self.first, self.timer = start_step, None
+
+    def wants_prediction(self, state, step):
+        return False
+
+    def after_step(self, state, batches, last):
+        if state.budget is not None:
+            return
+        done = state.step - self.first
+        if done == self.skip:
+            self.timer = time.time()
+        if done != self.skip + self.measure or self.timer is None:
+            return
+        now = time.time()
+        step_s = (now - self.timer) / self.measure
+        left = self.minutes * 60 * (1 - self.margin) - (now - self.started)
+        steps = dist.broadcast_object(state.step + max(int(left // step_s), 0), name="time.budget")
+        state.max_steps = max(steps, state.step)
+        state.budget = {"minutes": self.minutes, "step_s": round(step_s, 4), "measured_steps": self.measure,
+                        "decided_at_step": state.step, "steps": state.max_steps}
+        self.logger.set_total(state.max_steps)
+        self.logger.message(f"time budget {self.minutes:g} min: {step_s:.3f} s/step over {self.measure} steps "
+                            f"-> {state.max_steps} steps in all (train.max_steps {state.config.train.max_steps} "
+                            f"replaced; the schedule fits the budget)")
+
+
 class LogProgress:
     """Every ``every`` steps and at the last: loss, lr, epoch, training accuracy and the head's
     and data's counters, to the bar / log line and mxboard."""
 
-    def __init__(self, logger, every, max_steps):
-        self.logger, self.every, self.max_steps = logger, every, max_steps
+    def __init__(self, logger, every):
+        self.logger, self.every = logger, every
         self.last = None
 
-    def wants_prediction(self, step):
-        return step % self.every == 0 or step == self.max_steps
+    def wants_prediction(self, state, step):
+        return step % self.every == 0 or step == state.max_steps
 
     def after_step(self, state, batches, last):
         self.last = last or self.last
         done = state.step
-        if not self.wants_prediction(done) or not self.last:
+        if not self.wants_prediction(state, done) or not self.last:
             return
         loss, predicted, labels = self.last
         values = {"loss": float(loss.mean().asscalar()), "lr": state.trainer.learning_rate,
@@ -166,18 +208,22 @@ class VerifyEvery:
     """Scores the .bin sets every ``every`` steps (not at the last: the caller verifies the final
     network itself); the best network by mean accuracy is exported to OUT/best on rank 0."""
 
-    def __init__(self, verification, every, max_steps, logger, out_dir):
-        self.verification, self.every, self.max_steps = verification, every, max_steps
+    def __init__(self, verification, every, logger, out_dir):
+        self.verification, self.every = verification, every
         self.logger, self.out_dir = logger, out_dir
 
-    def wants_prediction(self, step):
+    def wants_prediction(self, state, step):
         return False
 
     def after_step(self, state, batches, last):
-        if self.every and state.step % self.every == 0 and state.step != self.max_steps:
+        if self.every and state.step % self.every == 0 and state.step != state.max_steps:
             self(state, state.step)
 
     def __call__(self, state, step):
+        with state.averaged():  # train.ema: the averaged network is scored and exported
+            return self._score(state, step)
+
+    def _score(self, state, step):
         dist.average_running_stats(state.params)
         scores = self.verification(state.compute_net)
         logger = self.logger
@@ -204,7 +250,7 @@ class Checkpoints:
         self.out_dir, self.every, self.progress = out_dir, every, progress
         self.last_saved = start_step
 
-    def wants_prediction(self, step):
+    def wants_prediction(self, state, step):
         return False
 
     def after_step(self, state, batches, last):

@@ -36,13 +36,14 @@ def state_dir(out_dir, step):
     return os.path.join(out_dir, "checkpoints", f"step-{step:08d}")
 
 
-def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=(), head_params=None, blocks=()):
+def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=(), head_params=None, blocks=(),
+               arrays=None):
     """Write the training state of ``step``; returns its folder, or None when saving failed.
 
     ``head_params``: save only these head parameters (a sharded head's replicated ones); ``blocks``:
     the sharded head's blocks as ``(k, {name: NDArray})`` (recognition.engine.shards.gather_blocks),
     written as BLOCK_FILE k. ``blocks`` is always exhausted, also after a failure: the other ranks
-    are sending them.
+    are sending them. ``arrays``: more files, ``{file name: {name: NDArray}}`` (the weight average).
     """
     final = state_dir(out_dir, step)
     tmp = final + ".tmp"
@@ -68,6 +69,8 @@ def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=(), head
         else:
             head_params.save(os.path.join(tmp, "head.params"))
         trainer.save_states(os.path.join(tmp, "trainer.states"))
+        for name, saved in (arrays or {}).items():
+            mx.nd.save(os.path.join(tmp, name), saved)
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(dict(meta, step=step), f, indent=1)
         _fsync_tree(tmp)

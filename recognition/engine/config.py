@@ -73,6 +73,8 @@ class TrainConfig:
     precision: str = "float32"     # bfloat16 (CPU) / float16 (GPU): backbone computed in 16 bits, float32 master weights and loss head
     loss_scale: str = "auto"       # dynamic loss scaling: auto (for float16), dynamic, none
     loss_scale_init: float = 65536.0  # its starting scale (halved on overflow, doubled after 2000 finite steps)
+    time_budget_minutes: float = 0.0  # > 0: the schedule is fitted to this wall-clock budget (max_steps from the measured step time)
+    ema: float = 0.0               # > 0: decay of the weight average used for verification and exports (e.g. 0.999)
     elastic: bool = False          # under horovodrun --min-np/--max-np: workers may leave and join (README)
     elastic_commit_every: int = 10  # steps between in-memory commits (the most steps a lost host costs)
 
@@ -185,6 +187,11 @@ def validate(config, source, files=True):
         raise ConfigError(f"{source}: data.cutoff must be 0 (off) or a positive side in pixels, got {config.data.cutoff}")
     if config.train.loss_scale_init <= 0:
         raise ConfigError(f"{source}: train.loss_scale_init must be positive, got {config.train.loss_scale_init}")
+    if not 0 <= config.train.ema < 1:
+        raise ConfigError(f"{source}: train.ema is a decay, 0 (off) <= ema < 1, got {config.train.ema}")
+    if config.train.time_budget_minutes < 0:
+        raise ConfigError(f"{source}: train.time_budget_minutes must be 0 (off) or positive, "
+                          f"got {config.train.time_budget_minutes}")
     if config.optimizer.lr <= 0:
         raise ConfigError(f"{source}: optimizer.lr must be positive, got {config.optimizer.lr}")
     for key, value, low in (("data.images_per_identity", config.data.images_per_identity, 1),

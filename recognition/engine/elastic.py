@@ -114,11 +114,10 @@ def _state_class():
 
 
 def run(state, make_batches, callbacks, logger, commit_every, run_steps, log):
-    """The steps of ``state`` up to train.max_steps inside Horovod's elastic loop, committing every
+    """The steps of ``state`` up to its max_steps inside Horovod's elastic loop, committing every
     ``commit_every`` steps."""
     from horovod.common.elastic import run_fn
     from horovod.common.exceptions import HostsUpdatedInterrupt
-    max_steps = state.config.train.max_steps
     trace = _Trace(os.environ.get(TRACE_ENV))
 
     def on_reset():
@@ -136,8 +135,8 @@ def run(state, make_batches, callbacks, logger, commit_every, run_steps, log):
         trace.start(state.step)
         try:
             with _translated():
-                while state.step < max_steps:
-                    until = min((state.step // commit_every + 1) * commit_every, max_steps)
+                while state.step < state.max_steps:
+                    until = (state.step // commit_every + 1) * commit_every
                     run_steps(state, batches, callbacks, logger, until)
                     state.data_position = batches.position(state.step)
                     elastic_state.save()  # commit() is save() + check_host_updates()

@@ -9,6 +9,7 @@ gradients are averaged over all workers by ``hvd.DistributedTrainer`` and the le
 scaled by the number of workers. With ``train.elastic`` under ``horovodrun --min-np/--max-np`` the
 steps run inside Horovod's elastic loop (recognition.engine.elastic).
 """
+import contextlib
 import os
 import random
 import shlex
@@ -31,7 +32,8 @@ from recognition.models import build_backbone
 
 from . import checkpoint, elastic, shards
 from .. import distributed as dist
-from .callbacks import Checkpoints, Logger, LogProgress, Verification, VerifyEvery, learning_rate
+from .averaging import EMA_FILE, WeightAverage
+from .callbacks import Checkpoints, Logger, LogProgress, TimeBudget, Verification, VerifyEvery, learning_rate
 from .config import missing_files, to_dict
 from .loss_scale import DynamicLossScaler
 
@@ -189,9 +191,16 @@ class TrainState:
         # what a forward moves besides the gradients (BN statistics, AdaCos s, centres)
         self.stateful = [p for p in self.all_params if p.grad_req == "null"]
         self.scaler = loss_scaler(config)
+        self.average = WeightAverage(net.collect_params(), config.train.ema) if config.train.ema else None
         self.step, self.best, self.data_position = 0, {"accuracy": -1.0}, None
+        # train.time_budget_minutes fixes max_steps once the step time is measured (TimeBudget)
+        self.max_steps, self.budget = config.train.max_steps, None
         self.nonfinite_in_row, self.skipped_updates = 0, 0
         self.make_trainers()
+
+    def averaged(self):
+        """The network as verification and exports see it: the weight average with train.ema."""
+        return self.average.applied() if self.average else contextlib.nullcontext()
 
     def make_trainers(self):
         """Optimizers for the current number of workers: the learning rate scales linearly with it,
@@ -213,18 +222,25 @@ class TrainState:
 
     def set_learning_rate(self, step):
         opt = self.config.optimizer
-        lr = learning_rate(step, self.base_lr, self.config.train.max_steps, opt.schedule, opt.warmup_steps,
-                           opt.lr_steps, opt.lr_factor)
+        # a time budget stretches or shrinks the schedule: the step boundaries move with it
+        lr_steps = [round(b * self.max_steps / self.config.train.max_steps) for b in opt.lr_steps]
+        lr = learning_rate(step, self.base_lr, self.max_steps, opt.schedule, opt.warmup_steps,
+                           lr_steps, opt.lr_factor)
         for each in (self.trainer, self.local_trainer) if self.local_trainer else (self.trainer,):
             each.set_learning_rate(lr)
 
     def _scalars(self):
         return {"step": self.step, "best": dict(self.best), "data_position": self.data_position,
                 "loss_scale": self.scaler.state_dict() if self.scaler else None,
-                "skipped_updates": self.skipped_updates}
+                "skipped_updates": self.skipped_updates, "max_steps": self.max_steps, "budget": self.budget,
+                "average": {k: v.asnumpy() for k, v in self.average.arrays().items()} if self.average else None}
 
     def _set_scalars(self, scalars):
         self.step, self.best = scalars["step"], dict(scalars["best"])
+        self.max_steps, self.budget = scalars["max_steps"], scalars["budget"]
+        if self.average:
+            self.average.load_arrays({k: mx.nd.array(v, dtype=v.dtype) for k, v in scalars["average"].items()},
+                                     "the committed state")
         self.data_position = tuple(scalars["data_position"]) if scalars["data_position"] else None
         self.skipped_updates = scalars["skipped_updates"]
         if self.scaler and scalars["loss_scale"]:
@@ -255,6 +271,10 @@ class TrainState:
             return None
         if self.local_trainer:
             self.head.set_step(meta["step"])
+        if self.average:
+            self._resume_average(folder, collective)
+        if meta.get("time_budget"):  # the steps a time budget fixed stay fixed (else the config's count)
+            self.max_steps, self.budget = meta["max_steps"], meta["time_budget"]
         self.step, self.best = meta["step"], meta.get("best", self.best)
         self.data_position = tuple(meta["data_position"]) if meta.get("data_position") else None
         if self.scaler and "loss_scale" in meta:
@@ -266,6 +286,25 @@ class TrainState:
                  f"data from global position {self.data_position[1]} of epoch {self.data_position[0]})"
                  if resized and self.data_position else ""))
         return folder
+
+    def _resume_average(self, folder, collective):
+        """Rank 0 reads the weight average of the checkpoint; with ``collective`` it sends it on."""
+        arrays = None
+        if dist.rank() == 0:
+            path = os.path.join(folder, EMA_FILE)
+            try:
+                loaded = mx.nd.load(path) if os.path.isfile(path) else {}
+                self.average.load_arrays(loaded, path)
+            except (ValueError, mx.base.MXNetError) as err:
+                arrays = {"error": f"{dist.where()}: {err}" if dist.is_distributed() else str(err)}
+            else:
+                arrays = {k: v.asnumpy() for k, v in self.average.arrays().items()}
+        if collective:
+            arrays = dist.broadcast_object(arrays, name="resume.average")
+        if arrays and "error" in arrays:
+            raise TrainingError(arrays["error"])
+        if collective and dist.rank() != 0:
+            self.average.load_arrays({k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()}, folder)
 
     def save(self, out_dir, batches):
         """Collective; only rank 0 writes (to its own disk: nothing assumes a shared folder).
@@ -290,9 +329,10 @@ class TrainState:
             meta["loss_scale"] = self.scaler.state_dict()
         if hasattr(self.head, "scale"):
             meta["scale"] = float(self.head.scale)
+        meta["max_steps"], meta["time_budget"] = self.max_steps, self.budget
         return checkpoint.save_state(out_dir, self.step, self.net, self.head, self.trainer, meta,
-                                     keep=self.config.output.keep, head_params=self.head_params,
-                                     blocks=blocks) is not None
+                                     keep=self.config.output.keep, head_params=self.head_params, blocks=blocks,
+                                     arrays={EMA_FILE: self.average.arrays()} if self.average else None) is not None
 
     # -- in memory (elastic commits) -------------------------------------------------------------
     def snapshot(self):
@@ -395,6 +435,8 @@ def update(state, data, label, logger, triplets=None, predict=False):
     state.trainer.update(data.shape[0] * unscale)
     if state.local_trainer:
         state.local_trainer.update(data.shape[0] * state.world * unscale)
+    if state.average:
+        state.average.update()
     return loss, predicted
 
 
@@ -427,11 +469,12 @@ def step(state, batches, logger, predict=False):
     return last
 
 
-def run_steps(state, batches, callbacks, logger, until):
-    """Steps until ``state.step`` reaches ``until``; the callbacks see every finished step."""
+def run_steps(state, batches, callbacks, logger, until=None):
+    """Steps until ``state.step`` reaches ``until`` (or ``state.max_steps``, which a time budget
+    may set on the way); the callbacks see every finished step."""
     can_predict = hasattr(state.head, "predict") or hasattr(state.head, "predict_class")
-    while state.step < until:
-        predict = can_predict and any(c.wants_prediction(state.step + 1) for c in callbacks)
+    while state.step < min(until or state.max_steps, state.max_steps):
+        predict = can_predict and any(c.wants_prediction(state, state.step + 1) for c in callbacks)
         last = step(state, batches, logger, predict)
         for callback in callbacks:
             callback.after_step(state, batches, last)
@@ -519,6 +562,7 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
 
 
 def _train(config, resume, pretrained, log, return_model, progress, elastic_run):
+    started = time.time()
     # elastic: no collective before Horovod's elastic loop, which a worker added later would
     # otherwise run against the others' training steps
     collective = not elastic_run
@@ -547,14 +591,14 @@ def _train(config, resume, pretrained, log, return_model, progress, elastic_run)
         checkpoint.remove_partial(out_dir)
         write_json_atomic(os.path.join(out_dir, "config.json"), to_dict(config))
 
-    logger = Logger(out_dir, config.train.max_steps, state.step, config.data.batch_size * dist.size())
+    logger = Logger(out_dir, state.max_steps, state.step, config.data.batch_size * dist.size())
     verification = Verification(config.verification.bins, config.verification.batch_size,
                                 config.verification.flip) if config.verification.bins else None
-    verify = VerifyEvery(verification, config.verification.every, config.train.max_steps, logger, out_dir) \
-        if verification else None
+    verify = VerifyEvery(verification, config.verification.every, logger, out_dir) if verification else None
     saver = Checkpoints(out_dir, config.output.checkpoint_every, progress, state.step)
-    callbacks = [LogProgress(logger, config.train.log_every, config.train.max_steps)] + \
-        [c for c in (verify, saver) if c]
+    budget = TimeBudget(config.train.time_budget_minutes, started, state.step, logger) \
+        if config.train.time_budget_minutes else None
+    callbacks = [c for c in (budget, LogProgress(logger, config.train.log_every), verify, saver) if c]
     results = {"start_step": state.step}
     batches = None
     try:
@@ -564,19 +608,24 @@ def _train(config, resume, pretrained, log, return_model, progress, elastic_run)
             batches = make_batches(config, dataset, state, log)  # for the final checkpoint's data position
         else:
             batches = make_batches(config, dataset, state, log)
-            run_steps(state, batches, callbacks, logger, config.train.max_steps)
+            run_steps(state, batches, callbacks, logger)
         if saver.last_saved != state.step and not saver.save(state, batches) and dist.rank() == 0:
             raise TrainingError(f"the final checkpoint of step {state.step} could not be written in {out_dir}")
         if verify:
             results["verification"] = verify(state, state.step)
-        if dist.rank() == 0 and not checkpoint.export_model(net, os.path.join(out_dir, "model"), 1):
-            raise TrainingError(f"the final model could not be exported to {out_dir}/model")
+        with state.averaged():
+            if state.average:
+                dist.average_running_stats(state.params)
+            if dist.rank() == 0 and not checkpoint.export_model(net, os.path.join(out_dir, "model"), 1):
+                raise TrainingError(f"the final model could not be exported to {out_dir}/model")
         dist.barrier()  # no worker leaves (and shuts Horovod down) while rank 0 still saves
     finally:
         if batches:
             batches.close()
         logger.close()
-    results.update(steps=config.train.max_steps, best=state.best, skipped_updates=state.skipped_updates,
+    if state.budget:
+        results["time_budget"] = dict(state.budget, train_wall_s=round(time.time() - started, 1))
+    results.update(steps=state.max_steps, best=state.best, skipped_updates=state.skipped_updates,
                    bad_records=batches.bad_records, samples_per_sec=logger.median_samples_per_sec())
     if elastic_run:
         results["world_size"] = dist.size()
