@@ -54,10 +54,10 @@ def save_state(out_dir, step, net, head, trainer, meta, keep=2, protect=(), head
         os.makedirs(tmp)
     except OSError as err:
         error = err
-    for k, arrays in blocks:
+    for k, block in blocks:
         if error is None:
             try:
-                mx.nd.save(os.path.join(tmp, BLOCK_FILE.format(k)), arrays)
+                mx.nd.save(os.path.join(tmp, BLOCK_FILE.format(k)), block)
             except (OSError, mx.base.MXNetError) as err:
                 error = err
     try:

@@ -550,14 +550,18 @@ def train(config, resume=None, pretrained=None, log=print, return_model=False):
     stop = _LauncherStop(lambda err: _lost_message(config, err, progress)) \
         if dist.is_distributed() and not elastic_run and threading.current_thread() is threading.main_thread() \
         else None
+    lost = False
     try:
         return _train(config, resume, pretrained, log, return_model, progress, elastic_run)
     except mx.base.MXNetError as err:
         if not _is_horovod_failure(err):
             raise
+        lost = True
         raise WorkerLost(_lost_message(config, err, progress)) from None
     finally:
-        if stop:
+        # after a lost worker horovodrun's SIGTERM is on its way: it stays handled (the same line,
+        # then exit) rather than killing the process before the caller has printed the account
+        if stop and not lost:
             stop.close()
 
 
