@@ -154,14 +154,10 @@ def step_samples_per_sec(args, num_classes, shape):
     from mxnet import autograd, gluon
 
     from recognition.losses import get_loss
-    from recognition.models import get_model
-    net = get_model("mobilefacenet")
-    net.initialize(mx.init.Xavier())
-    with autograd.pause():
-        embedding_size = net(mx.nd.zeros((1,) + shape)).shape[1]
+    from recognition.models import build_backbone
+    net, _, embedding_size = build_backbone("mobilefacenet", initializer=mx.init.Xavier())
     head = get_loss("arcface", num_classes=max(num_classes, 2), embedding_size=embedding_size)
     head.initialize()
-    net.hybridize(static_alloc=True, static_shape=True)
     head.hybridize(static_alloc=True, static_shape=True)
     params = gluon.ParameterDict()
     params.update(net.collect_params())
