@@ -222,9 +222,10 @@ class TrainState:
 
     def set_learning_rate(self, step):
         opt = self.config.optimizer
-        # a time budget stretches or shrinks the schedule: the step boundaries move with it
-        lr_steps = [round(b * self.max_steps / self.config.train.max_steps) for b in opt.lr_steps]
-        lr = learning_rate(step, self.base_lr, self.max_steps, opt.schedule, opt.warmup_steps,
+        # a time budget stretches or shrinks the whole schedule: warmup and step boundaries with it
+        stretch = self.max_steps / self.config.train.max_steps
+        lr_steps = [round(b * stretch) for b in opt.lr_steps]
+        lr = learning_rate(step, self.base_lr, self.max_steps, opt.schedule, round(opt.warmup_steps * stretch),
                            lr_steps, opt.lr_factor)
         for each in (self.trainer, self.local_trainer) if self.local_trainer else (self.trainer,):
             each.set_learning_rate(lr)
