@@ -419,7 +419,7 @@ def render(result):
                          ["λ_C", "λ_G", "push", "seeds", "loss", "paper", "train acc %", "paper", "val acc %", "paper",
                           "inter (train)", "paper", "inter (authors' mean)", "intra (train)", "paper",
                           "inter (test)", "intra (test)"], table), ""]
-    walls = [r["train_wall_s"] for r in result["records"]]
+    walls = [r["train_wall_s"] - r.get("paused_s", 0) for r in result["records"]]
     return "\n".join([
         "## Git loss vs centre loss on MNIST (2-D features; Git-loss paper Table 1)", "",
         f"{len(walls)} finished runs, {sum(walls) / 3600:.1f} hours of training in all. Cells: mean ± sample std over "
