@@ -57,3 +57,10 @@ class WeightAverage:
         for average, name in zip(self.averages, self.names):
             average[:] = arrays[name].as_in_context(average.context)
         self.updates = int(arrays["__updates__"].asscalar())
+
+    def numpy_arrays(self):
+        """``arrays`` as NumPy, to travel by broadcast_object or sit in an elastic commit."""
+        return {k: v.asnumpy() for k, v in self.arrays().items()}
+
+    def load_numpy_arrays(self, arrays, where):
+        self.load_arrays({k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()}, where)

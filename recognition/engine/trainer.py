@@ -82,6 +82,16 @@ def check_files_on_every_host(config, pretrained=None, collective=True):
     raise SystemExit(1)
 
 
+def _load_checkpoint(resume, out_dir, net, head, trainer, head_params=None):
+    """(folder, meta) of the checkpoint ``resume`` names (``auto``: the newest complete one in
+    ``out_dir``), loaded into this process; (None, None) when there is none. ValueError when it is
+    missing or incomplete."""
+    folder = checkpoint.latest_state(out_dir) if resume == "auto" else resume
+    if folder and not os.path.isdir(folder):
+        raise ValueError(f"--resume {folder}: not found")
+    return folder, checkpoint.load_state(folder, net, head, trainer, head_params) if folder else None
+
+
 def _resume_state(resume, out_dir, net, head, trainer, params, head_params, local_trainer):
     """Collective. Rank 0 picks the state (``auto``: the newest complete one in its output.dir) and
     loads it, so it need exist on rank 0's disk only; the other ranks receive the parameters and
@@ -90,10 +100,7 @@ def _resume_state(resume, out_dir, net, head, trainer, params, head_params, loca
     payload = None
     if dist.rank() == 0:
         try:
-            folder = checkpoint.latest_state(out_dir) if resume == "auto" else resume
-            if folder and not os.path.isdir(folder):
-                raise ValueError(f"--resume {folder}: not found")
-            meta = checkpoint.load_state(folder, net, head, trainer, head_params) if folder else None
+            folder, meta = _load_checkpoint(resume, out_dir, net, head, trainer, head_params)
             payload = {"folder": folder, "meta": meta}
         except ValueError as err:
             payload = {"error": f"{dist.where()}: {err}" if dist.is_distributed() else str(err)}
@@ -234,14 +241,13 @@ class TrainState:
         return {"step": self.step, "best": dict(self.best), "data_position": self.data_position,
                 "loss_scale": self.scaler.state_dict() if self.scaler else None,
                 "skipped_updates": self.skipped_updates, "max_steps": self.max_steps, "budget": self.budget,
-                "average": {k: v.asnumpy() for k, v in self.average.arrays().items()} if self.average else None}
+                "average": self.average.numpy_arrays() if self.average else None}
 
     def _set_scalars(self, scalars):
         self.step, self.best = scalars["step"], dict(scalars["best"])
         self.max_steps, self.budget = scalars["max_steps"], scalars["budget"]
         if self.average:
-            self.average.load_arrays({k: mx.nd.array(v, dtype=v.dtype) for k, v in scalars["average"].items()},
-                                     "the committed state")
+            self.average.load_numpy_arrays(scalars["average"], "the committed state")
         self.data_position = tuple(scalars["data_position"]) if scalars["data_position"] else None
         self.skipped_updates = scalars["skipped_updates"]
         if self.scaler and scalars["loss_scale"]:
@@ -257,11 +263,8 @@ class TrainState:
             folder, meta = _resume_state(resume, out_dir, self.net, self.head, self.trainer, self.params,
                                          self.head_params, self.local_trainer)
         elif dist.rank() == 0:
-            folder = checkpoint.latest_state(out_dir) if resume == "auto" else resume
-            if folder and not os.path.isdir(folder):
-                raise TrainingError(f"{dist.where()}: --resume {folder}: not found")
             try:
-                meta = checkpoint.load_state(folder, self.net, self.head, self.trainer) if folder else None
+                folder, meta = _load_checkpoint(resume, out_dir, self.net, self.head, self.trainer)
             except ValueError as err:
                 raise TrainingError(f"{dist.where()}: {err}") from None
         else:
@@ -299,13 +302,13 @@ class TrainState:
             except (ValueError, mx.base.MXNetError) as err:
                 arrays = {"error": f"{dist.where()}: {err}" if dist.is_distributed() else str(err)}
             else:
-                arrays = {k: v.asnumpy() for k, v in self.average.arrays().items()}
+                arrays = self.average.numpy_arrays()
         if collective:
             arrays = dist.broadcast_object(arrays, name="resume.average")
         if arrays and "error" in arrays:
             raise TrainingError(arrays["error"])
         if collective and dist.rank() != 0:
-            self.average.load_arrays({k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()}, folder)
+            self.average.load_numpy_arrays(arrays, folder)
 
     def save(self, out_dir, batches):
         """Collective; only rank 0 writes (to its own disk: nothing assumes a shared folder).
