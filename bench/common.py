@@ -60,6 +60,8 @@ def add_split_args(parser):
     parser.add_argument("--min-train-images", type=int, default=3,
                         help="training people need at least this many images")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out draw and the pairs")
+    parser.add_argument("--train-fraction", type=float, default=1.0,
+                        help="train on this seeded share of the training people (the held-out pairs stay the same)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
                         help="packed data, .bin and training outputs (reused across runs when the split matches)")
     parser.add_argument("--threads", type=int, default=1,
@@ -93,7 +95,7 @@ def _image_number(file_name):
     return int(os.path.splitext(file_name)[0].rsplit("_", 1)[1])
 
 
-def draw_split(people, holdout, min_train_images, seed, folds=10):
+def draw_split(people, holdout, min_train_images, seed, folds=10, train_fraction=1.0):
     """Held-out people and LFW-format pair lines, and the training people.
 
     ``holdout`` people are drawn uniformly (seeded) among those with >= 2 images; each gives one
@@ -101,7 +103,9 @@ def draw_split(people, holdout, min_train_images, seed, folds=10):
     derangement of the held-out people, so every person appears once as first and once as second
     member). Pairs are written fold by fold, half same, half different in each fold, because the
     10-fold protocol cuts the file into contiguous folds (a fold of only same pairs has no threshold
-    to learn). Training people: every other person with >= ``min_train_images`` images."""
+    to learn). Training people: every other person with >= ``min_train_images`` images; with
+    ``train_fraction`` < 1 a seeded share of them (drawn after the pairs, from a generator of its
+    own, so the held-out people and pairs are the same whatever the fraction)."""
     rng = np.random.default_rng(seed)
     eligible = sorted(name for name, files in people.items() if len(files) >= 2)
     if holdout > len(eligible):
@@ -128,6 +132,11 @@ def draw_split(people, holdout, min_train_images, seed, folds=10):
     held_set = set(held)
     train = sorted(name for name, files in people.items()
                    if name not in held_set and len(files) >= min_train_images)
+    if not 0 < train_fraction <= 1:
+        raise ValueError(f"the training-people fraction must be in (0, 1], got {train_fraction}")
+    if train_fraction < 1:
+        keep = max(1, int(round(train_fraction * len(train))))
+        train = sorted(np.random.default_rng([seed, 1]).choice(train, size=keep, replace=False).tolist())
     return held, train, lines
 
 
@@ -159,6 +168,9 @@ def prepare_split(args):
              "min_train": args.min_train_images, "seed": args.split_seed, "fallback": fallback}
     if train_landmarks != os.path.abspath(landmarks):  # the key of earlier splits stays as it was
         split["train_landmarks"] = train_landmarks
+    train_fraction = getattr(args, "train_fraction", 1.0)
+    if train_fraction != 1.0:
+        split["train_fraction"] = train_fraction
     key = json.dumps(split, sort_keys=True)
     split_dir = os.path.join(args.work_dir, "split-" + hashlib.sha1(key.encode()).hexdigest()[:10])
     manifest_path = os.path.join(split_dir, "manifest.json")
@@ -176,7 +188,8 @@ def prepare_split(args):
         pairs_file = os.path.join(data, "pairs.txt")
         held = None
     else:
-        held, train, lines = draw_split(people, args.holdout_people, args.min_train_images, args.split_seed)
+        held, train, lines = draw_split(people, args.holdout_people, args.min_train_images, args.split_seed,
+                                        train_fraction=train_fraction)
     tmp_dir = split_dir + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
@@ -208,7 +221,7 @@ def prepare_split(args):
         "heldout_people": len(held) if held is not None else None, "pairs": n_pairs,
         "train_people": counts["identities"], "train_images": counts["images"],
         "min_train_images": args.min_train_images if not fallback else None, "split_seed": args.split_seed,
-        "train_landmarks": train_landmarks,
+        "train_landmarks": train_landmarks, "train_fraction": train_fraction,
     }
     _atomic_text(os.path.join(tmp_dir, "manifest.json"), json.dumps(manifest, indent=1))
     shutil.rmtree(split_dir, ignore_errors=True)
@@ -224,9 +237,14 @@ def split_description(manifest):
                 f"({manifest['train_images']} images); its own {manifest['pairs']} pairs of other people")
     return (f"lfw-devtrain: {manifest['heldout_people']} people with >= 2 images held out (seed "
             f"{manifest['split_seed']}) -> {manifest['pairs']} pairs (one same pair per person, as many "
-            f"different pairs, 10 folds); training on the other {manifest['train_people']} people with "
+            f"different pairs, 10 folds); training on {_share(manifest)}the other {manifest['train_people']} people with "
             f">= {manifest['min_train_images']} images ({manifest['train_images']} images, aligned "
             f"112x112 with the five {_landmark_source(manifest)})")
+
+
+def _share(manifest):
+    fraction = manifest.get("train_fraction", 1.0)
+    return "" if fraction == 1.0 else f"a seeded {fraction:.0%} share of "
 
 
 def _landmark_source(manifest):

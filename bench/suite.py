@@ -1,0 +1,365 @@
+#!/usr/bin/env python
+"""Resumable multi-seed comparisons on held-out LFW people: ablations, the data-scaling curve, heads.
+
+A suite is a recipe (a config plus the overrides of its budget) and variants, each one change
+against the suite's baseline. Every (variant, seed) run trains with the project's trainer on the
+split of ``bench/common.py`` (the same 300 held-out people and 600 pairs as product_goal), is
+scored once at the end on the held-out pairs, and is written as its own JSON record under
+``bench/results/suite_NAME/`` as soon as it finishes. A run whose record exists is skipped, so a
+suite runs in parts (``--max-runs``, or stop it at any time: only the unfinished run is lost).
+
+After every run, and with ``--render`` alone, ``bench/results/suite_NAME.md`` / ``.json`` are
+rebuilt from the records present: per variant the seeds that finished, mean +- std of the final
+held-out accuracy, and the difference to the baseline paired by seed with its 95% Student-t
+interval. A difference whose interval holds 0 is reported as "no difference shown".
+
+Suites (``--list``):
+* ``ablations``: issue 17 part 4, one change at a time against configs/lfw_devtrain.yaml at a
+  proxy budget of 600 steps (1/6 of the 60-minute schedule, about 9 minutes on an idle core pair).
+  The budget is a number of steps, not minutes, so that a busy machine does not change what is
+  compared; changes that make a step slower or faster (width, embedding, batch) show their
+  samples/s beside the accuracy.
+* ``data_scaling``: issue 17 part 3, the 60-minute recipe on 25%, 50% and 100% of the training
+  people, and on people with at least 2 photos only.
+* ``heads``: issue 14, every head under the accuracy goal's recipe (bfloat16) for 800 steps.
+
+``--set`` adds overrides after the suite's (for a smaller trial); records made with other
+overrides than the current command's are never mixed: the command stops and names the record.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+GOAL_CONFIG = os.path.join("configs", "lfw_devtrain.yaml")
+
+
+def variant(name, change, overrides=(), split=None):
+    """One row of a suite: ``overrides`` (``--set`` items) and ``split`` (changes of the split:
+    ``min_train_images``, ``train_fraction``) on top of the suite's recipe."""
+    return {"name": name, "change": change, "overrides": list(overrides), "split": dict(split or {})}
+
+
+PROXY = ["train.max_steps=600", "optimizer.warmup_steps=35", "verification.every=0",
+         "output.checkpoint_every=0", "output.keep=1", "train.log_every=50"]
+
+SUITES = {
+    "ablations": {
+        "issue": 17,
+        "description": "one change at a time against configs/lfw_devtrain.yaml, 600-step proxy (cosine "
+                       "over 600 steps, warmup 35), final model scored on the held-out pairs",
+        "config": GOAL_CONFIG, "recipe": PROXY, "seeds": [0, 1],
+        "variants": [
+            variant("baseline", "configs/lfw_devtrain.yaml as it is"),
+            variant("wd_1e-3", "weight decay 1e-3 (from 5e-4)", ["optimizer.wd=0.001"]),
+            variant("head_arcface", "ArcFace s 32, m 0.5", ["loss.name=arcface", "loss.params={s: 32.0, m2: 0.5}"]),
+            variant("lr_0.2", "learning rate 0.2 (from 0.1)", ["optimizer.lr=0.2"]),
+            variant("jitter_cutoff", "colour jitter 0.125 + cutoff 32 (insightface's)",
+                    ["data.color_jitter=0.125", "data.cutoff=32"]),
+            variant("emb_256", "embedding 256 (from 128)", ["model.embedding_size=256"]),
+            variant("head_softmax", "plain softmax", ["loss.name=softmax", "loss.params={}"]),
+            variant("head_adacos", "dynamic AdaCos", ["loss.name=adacos", "loss.params={dynamic: true}"]),
+            variant("head_l2softmax", "L2-softmax, alpha 16", ["loss.name=l2softmax", "loss.params={alpha: 16.0}"]),
+            variant("wd_2.5e-4", "weight decay 2.5e-4", ["optimizer.wd=0.00025"]),
+            variant("lr_0.05", "learning rate 0.05", ["optimizer.lr=0.05"]),
+            variant("emb_512", "embedding 512", ["model.embedding_size=512"]),
+            variant("width_2", "MobileFaceNet width x2", ["model.params={scale: 2}"]),
+            variant("batch_128", "batch 128, 300 steps (the same images)",
+                    ["data.batch_size=128", "train.max_steps=300", "optimizer.warmup_steps=18"]),
+            variant("dropout_0.2", "dropout 0.2 before the embedding", ["model.dropout=0.2"]),
+        ],
+    },
+    "data_scaling": {
+        "issue": 17,
+        "description": "the 60-minute recipe (configs/lfw_devtrain.yaml, train.time_budget_minutes=60) on a "
+                       "share of the training people; held-out pairs unchanged",
+        "config": GOAL_CONFIG,
+        "recipe": ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0",
+                   "output.keep=1"],
+        "seeds": [0, 1],
+        "variants": [
+            variant("baseline", "all training people (3,738; singletons are classes)"),
+            variant("people_50", "50% of the training people", split={"train_fraction": 0.5}),
+            variant("people_25", "25% of the training people", split={"train_fraction": 0.25}),
+            variant("min2", "only people with >= 2 photos", split={"min_train_images": 2}),
+        ],
+    },
+    "heads": {
+        "issue": 14,
+        "description": "every head under the accuracy goal's recipe (configs/lfw_devtrain.yaml: MobileFaceNet-128, "
+                       "bfloat16, batch 64, cosine) for 800 steps (about 12 minutes: 27 runs in about 6 hours; the "
+                       "goal run's held-out curve gains 2 points from step 600 to 1,200), baseline softmax",
+        "config": GOAL_CONFIG,
+        "recipe": ["train.max_steps=800", "optimizer.warmup_steps=45", "verification.every=0",
+                   "output.checkpoint_every=0", "output.keep=1", "train.log_every=50"],
+        "seeds": [0, 1, 2],
+        "variants": [
+            variant("baseline", "softmax", ["loss.name=softmax", "loss.params={}"]),
+            variant("l2softmax", "L2-softmax, alpha 16", ["loss.name=l2softmax", "loss.params={alpha: 16.0}"]),
+            variant("km", "Knot Magnify, gamma 2", ["loss.name=km", "loss.params={gamma: 2.0}"]),
+            variant("km_center", "Knot Magnify + centre loss (configs/km_center.yaml)",
+                    ["loss.name=km", "loss.params={gamma: 2.0, center: {lambda_c: 0.01, alpha: 0.5}}"]),
+            variant("adacos_fixed", "AdaCos, fixed s", ["loss.name=adacos", "loss.params={dynamic: false}"]),
+            variant("adacos_dynamic", "AdaCos, dynamic s", ["loss.name=adacos", "loss.params={dynamic: true}"]),
+            variant("cosface", "CosFace s 32, m 0.35", ["loss.name=cosface", "loss.params={s: 32.0, m3: 0.35}"]),
+            variant("arcface", "ArcFace s 32, m 0.5", ["loss.name=arcface", "loss.params={s: 32.0, m2: 0.5}"]),
+            variant("git", "Git loss", ["loss.name=git", "loss.params={}"]),
+        ],
+    },
+}
+
+# two-sided 95% quantiles of Student's t, by degrees of freedom
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t95(df):
+    if df in T95:
+        return T95[df]
+    below = max(k for k in T95 if k <= df)
+    return T95[below] if df < 30 else 1.96 + 2.4 / df  # within 0.002 of the exact value beyond 30
+
+
+def paired_interval(differences):
+    """(mean, std, low, high) of paired differences; the interval is mean +- t * std / sqrt(n)."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) < 2:
+        return float(d.mean()), float("nan"), float("nan"), float("nan")
+    std = float(d.std(ddof=1))
+    half = t95(len(d) - 1) * std / math.sqrt(len(d))
+    return float(d.mean()), std, float(d.mean() - half), float(d.mean() + half)
+
+
+def results_dir(out_root, suite):
+    return os.path.join(out_root, f"suite_{suite}")
+
+
+def record_path(out_root, suite, name, seed):
+    return os.path.join(results_dir(out_root, suite), f"{name}_seed{seed}.json")
+
+
+def read_records(out_root, suite):
+    records = []
+    for path in sorted(glob.glob(os.path.join(results_dir(out_root, suite), "*_seed*.json"))):
+        with open(path) as f:
+            records.append(json.load(f))
+    return records
+
+
+def summarize(suite_name, suite, records):
+    """Per variant: seeds, mean/std accuracy, samples/s, and the paired difference to the baseline."""
+    by_variant = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = r
+    base = by_variant.get("baseline", {})
+    rows = []
+    for v in suite["variants"]:
+        runs = by_variant.get(v["name"], {})
+        accs = [runs[s]["final"]["accuracy"] for s in sorted(runs)]
+        row = {"variant": v["name"], "change": v["change"], "seeds": sorted(runs),
+               "accuracy_mean": float(np.mean(accs)) if accs else None,
+               "accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
+               "samples_per_sec": float(np.mean([runs[s]["samples_per_sec"] for s in runs])) if runs else None,
+               "steps": sorted({runs[s]["steps"] for s in runs}),
+               "train_minutes": float(np.mean([runs[s]["train_wall_s"] for s in runs]) / 60) if runs else None}
+        paired = sorted(set(runs) & set(base))
+        if v["name"] != "baseline" and paired:
+            mean, std, low, high = paired_interval(
+                [runs[s]["final"]["accuracy"] - base[s]["final"]["accuracy"] for s in paired])
+            verdict = ("one seed: no interval" if len(paired) < 2 else
+                       "better" if low > 0 else "worse" if high < 0 else "no difference shown")
+            row["paired"] = {"seeds": paired, "mean": mean, "std": std, "ci95": [low, high], "verdict": verdict}
+        rows.append(row)
+    return {"suite": suite_name, "issue": suite["issue"], "description": suite["description"],
+            "config": suite["config"], "recipe": suite["recipe"], "planned_seeds": suite["seeds"], "rows": rows}
+
+
+def render(summary, split_note="", pairs=600):
+    def fmt(x, digits=4):
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+    table = []
+    for row in summary["rows"]:
+        p = row.get("paired")
+        if p:
+            diff = f"{p['mean']:+.4f}"
+            interval = "" if math.isnan(p["ci95"][0]) else f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+            verdict = p["verdict"]
+        else:
+            diff = interval = verdict = ""
+        acc = fmt(row["accuracy_mean"])
+        if row["accuracy_std"] is not None:
+            acc += f" ± {row['accuracy_std']:.4f}"
+        table.append([row["variant"], row["change"], len(row["seeds"]), acc, diff, interval, verdict,
+                      fmt(row["samples_per_sec"], 1), ",".join(str(s) for s in row["steps"])])
+    return "\n".join([
+        f"## Suite `{summary['suite']}` (issue {summary['issue']})", "",
+        f"{summary['description']}. Config {summary['config']} + `{' '.join(summary['recipe'])}`; "
+        f"planned seeds {summary['planned_seeds']} (train.seed: initialisation and data order).", "",
+        split_note,
+        "",
+        common.markdown_table(["variant", "change", "seeds", "held-out accuracy (mean ± std)",
+                               "paired diff. to baseline", "95% interval", "verdict", "samples/s", "steps"],
+                              table), "",
+        "Paired by seed: the same seed gives the baseline and the variant the same initial draw and data "
+        "order where the change allows. The interval is Student's t over the paired differences; with 2 "
+        "seeds (1 degree of freedom) only a large, consistent difference can exclude 0. " +
+        common.noise_note(pairs),
+        "",
+        f"Command: `python bench/suite.py --suite {summary['suite']}` (resumes; `--render` rebuilds this table).",
+    ])
+
+
+def render_all(out_root, suite_name):
+    suite = SUITES[suite_name]
+    records = read_records(out_root, suite_name)
+    summary = summarize(suite_name, suite, records)
+    note = ""
+    if records:
+        note = "Data: " + common.split_description(records[0]["split"]) + "."
+        if any(r["split"].get("train_fraction", 1.0) != 1.0 or r["split"]["min_train_images"] != 1 for r in records):
+            note += " Variants that change the training people say so in their row; the held-out pairs are the same."
+    summary["records"] = len(records)
+    prefix = os.path.join(out_root, f"suite_{suite_name}")
+    text = render(summary, note, records[0]["split"]["pairs"] if records else 600)
+    os.makedirs(out_root, exist_ok=True)
+    common._atomic_text(prefix + ".json", json.dumps(summary, indent=1) + "\n")
+    common._atomic_text(prefix + ".md", text + "\n")
+    return text
+
+
+def planned_runs(suite, only=None, seeds=None):
+    names = [v["name"] for v in suite["variants"]]
+    for name in only or ():
+        if name not in names:
+            raise SystemExit(f"suite: no variant {name!r} (have: {', '.join(names)})")
+    # variant by variant (all seeds of one before the next), so that finished rows are paired
+    return [(v, s) for v in suite["variants"] if not only or v["name"] in only for s in (seeds or suite["seeds"])]
+
+
+def run_overrides(suite, v, seed, extra):
+    return suite["recipe"] + v["overrides"] + list(extra) + [f"train.seed={seed}"]
+
+
+def finished(out_root, suite_name, v, seed, extra):
+    """Whether the record of (v, seed) exists; stops if it was made with other overrides."""
+    path = record_path(out_root, suite_name, v["name"], seed)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        made_with = json.load(f).get("overrides")
+    if made_with != run_overrides(SUITES[suite_name], v, seed, extra):
+        raise SystemExit(f"suite: {path}: made with other overrides ({' '.join(made_with or [])}); "
+                         "use another --out-root for this recipe")
+    return True
+
+
+def run_one(args, suite_name, variant_name, seed):
+    """Train one (variant, seed) in this process and write its record."""
+    suite = SUITES[suite_name]
+    v = next(v for v in suite["variants"] if v["name"] == variant_name)
+    split_args = argparse.Namespace(**vars(args))
+    for key, value in v["split"].items():
+        setattr(split_args, key, value)
+    manifest, env = common.start(split_args)
+    out_dir = os.path.join(args.work_dir, "suite", suite_name, f"{variant_name}_seed{seed}")
+    config_path = os.path.join(common.REPO, suite["config"])
+    overrides = ([f"data.root={manifest['rec']}", f"verification.bins={manifest['bin']}", f"output.dir={out_dir}",
+                  f"data.num_workers={args.workers}"] + run_overrides(suite, v, seed, args.set))
+    common.log(f"suite {suite_name}: {variant_name} seed {seed} ({v['change']})")
+    results, wall, config = common.run_training(config_path, overrides)
+    record = {"suite": suite_name, "variant": variant_name, "seed": seed, "change": v["change"],
+              "config": suite["config"], "overrides": run_overrides(suite, v, seed, args.set),
+              "split": manifest, "environment": env, "final": common.verification_row(results),
+              "steps": int(results.get("steps", config.train.max_steps)),
+              "train_wall_s": round(wall, 1), "samples_per_sec": common.throughput(out_dir),
+              "time_budget": results.get("time_budget"), "commit": _commit(),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = record_path(args.out_root, suite_name, variant_name, seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    common._atomic_text(path, json.dumps(record, indent=1) + "\n")
+    common.log(f"suite {suite_name}: {variant_name} seed {seed}: accuracy {record['final']['accuracy']:.4f} "
+               f"in {wall / 60:.1f} min -> {path}")
+
+
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), default="ablations")
+    p.add_argument("--only", nargs="*", metavar="VARIANT", help="run only these variants (default: all)")
+    p.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: the suite's)")
+    p.add_argument("--max-runs", type=int, default=0, help="stop after this many new runs (0: all missing)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides after the suite's (e.g. a shorter trial; use another --out-root)")
+    p.add_argument("--list", action="store_true", help="print the suites, their variants and what has finished")
+    p.add_argument("--render", action="store_true", help="only rebuild suite_NAME.md/.json from the records")
+    p.add_argument("--out-root", default=common.RESULTS_DIR, help="records go to OUT_ROOT/suite_NAME/")
+    p.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
+    common.add_split_args(p)
+    p.set_defaults(min_train_images=1, threads=2)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    suite = SUITES[args.suite]
+    if args.run_one:
+        return run_one(args, args.suite, args.run_one[0], int(args.run_one[1]))
+    if args.list:
+        for name, s in SUITES.items():
+            done = {(r["variant"], r["seed"]) for r in read_records(args.out_root, name)}
+            print(f"{name} (issue {s['issue']}): {s['description']}")
+            for v in s["variants"]:
+                seeds = [seed for seed in s["seeds"] if (v["name"], seed) in done]
+                print(f"  {v['name']:<16} {v['change']}  [finished seeds: {seeds or 'none'}]")
+        return
+    if not args.render:
+        todo = [(v, s) for v, s in planned_runs(suite, args.only, args.seeds)
+                if not finished(args.out_root, args.suite, v, s, args.set)]
+        if args.max_runs:
+            todo = todo[:args.max_runs]
+        common.log(f"suite {args.suite}: {len(todo)} runs to do")
+        passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+        for i, (v, seed) in enumerate(todo, 1):
+            common.log(f"suite {args.suite}: run {i}/{len(todo)}")
+            # a fresh process per run: one run's MXNet state, threads or failure cannot leak into the next
+            done = subprocess.run([sys.executable, os.path.abspath(__file__)] + _strip(passthrough) +
+                                  ["--suite", args.suite, "--run-one", v["name"], str(seed)])
+            if done.returncode != 0:
+                raise SystemExit(f"suite {args.suite}: {v['name']} seed {seed} failed (exit {done.returncode}); "
+                                 "finished runs are kept, run the same command again to continue")
+            render_all(args.out_root, args.suite)
+    print(render_all(args.out_root, args.suite))
+
+
+def _strip(argv):
+    """The command line less the options the parent handles itself."""
+    out, skip = [], False
+    for item in argv:
+        if skip and not item.startswith("--"):
+            continue
+        skip = item in ("--suite", "--only", "--seeds", "--max-runs")  # --set is passed on
+        if not skip and item not in ("--list", "--render"):
+            out.append(item)
+    return out
+
+
+if __name__ == "__main__":
+    main()
