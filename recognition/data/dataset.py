@@ -3,7 +3,8 @@
 Every rank walks the same seeded permutation of the images for an epoch and takes its own
 interleaved shard (``perm[rank::num_ranks]``, trimmed so all ranks run the same number of steps:
 an uneven count would leave one worker waiting in an allreduce forever). The order, the flips and
-the optional colour jitter and cutoff (recognition.data.augment) depend only on (seed, epoch, position), never on thread timing, so a run resumed at step N sees
+the optional augmentations (recognition.data.augment) depend only on (seed, epoch, position),
+never on thread timing, so a run resumed at step N sees
 exactly the batches an uninterrupted run sees.
 
 Decoding (OpenCV, GIL released) runs in a thread pool with batches prefetched in the background.
@@ -95,9 +96,9 @@ class TrainBatches:
     """
 
     def __init__(self, dataset, order, flip=True, num_workers=1, prefetch=4, max_bad_share=0.01,
-                 start_step=0, log=None, color_jitter=0.0, cutoff=0, start_position=None):
+                 start_step=0, log=None, augmentation=None, start_position=None):
         self.dataset, self.order, self.flip = dataset, order, flip
-        self.color_jitter, self.cutoff = color_jitter, cutoff  # recognition.data.augment
+        self.augmentation = augmentation or augment.Policy()
         self.num_workers, self.prefetch, self.max_bad_share = num_workers, prefetch, max_bad_share
         self.step = self.start_step = start_step
         if start_position is None:
@@ -122,7 +123,7 @@ class TrainBatches:
     def steps_per_epoch(self):
         return self.order.steps_per_epoch
 
-    def _load(self, index, do_flip, augmentation=None):
+    def _load(self, index, do_flip, params=None):
         try:
             image, label = self.dataset.read_image(int(index))
         except RecordError as err:
@@ -136,7 +137,7 @@ class TrainBatches:
                          f"{self.dataset.num_classes} classes of {self.dataset.prop_path}"
         if do_flip:
             image = image[:, ::-1]
-        image = augment.apply(image, augmentation, self.cutoff)
+        image = augment.apply(image, params, self.augmentation)
         return (image.transpose(2, 0, 1), label), None
 
     def position(self, step):
@@ -163,7 +164,7 @@ class TrainBatches:
             if self.flip else np.zeros(len(indices), bool)
         # a stream of its own, so turning augmentations on leaves the flips as they were
         augmentations = augment.draw(epoch_rng(self.order.seed, epoch, AUGMENT_SALT + position), len(indices),
-                                     self.dataset.height, self.dataset.width, self.color_jitter, self.cutoff)
+                                     self.dataset.height, self.dataset.width, self.augmentation)
         jobs = list(zip(indices, flips, augmentations))
         results = list(self._pool.map(lambda job: self._load(*job), jobs)) if self._pool \
             else [self._load(*job) for job in jobs]

@@ -24,6 +24,12 @@ class DataConfig:
     flip: bool = True              # random horizontal flip
     color_jitter: float = 0.0      # brightness/contrast/saturation factors in 1 +- x (insightface data_color uses 0.125)
     cutoff: int = 0                # side of the grey square painted on half of the images (insightface data_cutoff)
+    scale_jitter: float = 0.0      # zoom in 1 +- x about the centre (a random resized crop of an aligned face)
+    rotate: float = 0.0            # rotation in +- degrees
+    shift: float = 0.0             # shift in +- pixels
+    grayscale: float = 0.0         # probability of a grayscale image
+    blur: float = 0.0              # probability of a Gaussian blur (sigma 0.5..1.5)
+    jpeg: float = 0.0              # probability of JPEG re-compression (quality 30..90)
     sampler: str = "random"        # random | pk (P identities x K images, for triplet)
     images_per_identity: int = 4   # K of the P x K sampler
     small_identities: str = "replace"  # identities with fewer than K images: replace | skip
@@ -185,6 +191,15 @@ def validate(config, source, files=True):
         raise ConfigError(f"{source}: data.color_jitter must be in [0, 1), got {config.data.color_jitter}")
     if config.data.cutoff < 0:
         raise ConfigError(f"{source}: data.cutoff must be 0 (off) or a positive side in pixels, got {config.data.cutoff}")
+    if not 0 <= config.data.scale_jitter < 1:
+        raise ConfigError(f"{source}: data.scale_jitter must be in [0, 1), got {config.data.scale_jitter}")
+    if not 0 <= config.data.rotate <= 180:
+        raise ConfigError(f"{source}: data.rotate must be in [0, 180] degrees, got {config.data.rotate}")
+    if config.data.shift < 0:
+        raise ConfigError(f"{source}: data.shift must be 0 (off) or a positive number of pixels, got {config.data.shift}")
+    for key in ("grayscale", "blur", "jpeg"):
+        if not 0 <= getattr(config.data, key) <= 1:
+            raise ConfigError(f"{source}: data.{key} is a probability in [0, 1], got {getattr(config.data, key)}")
     if config.train.loss_scale_init <= 0:
         raise ConfigError(f"{source}: train.loss_scale_init must be positive, got {config.train.loss_scale_init}")
     if not 0 <= config.train.ema < 1:

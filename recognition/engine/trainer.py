@@ -10,6 +10,7 @@ scaled by the number of workers. With ``train.elastic`` under ``horovodrun --min
 steps run inside Horovod's elastic loop (recognition.engine.elastic).
 """
 import contextlib
+import dataclasses
 import os
 import random
 import shlex
@@ -23,6 +24,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd
 
+from recognition.data import augment
 from recognition.data.dataset import PKOrder, ShardedOrder, TrainBatches
 from recognition.data.record import RecordDataset
 from recognition.fileio import write_json_atomic
@@ -374,11 +376,16 @@ def make_order(config, dataset):
     return ShardedOrder(dataset, config.data.batch_size, rank, world, config.train.seed)
 
 
+def augmentation_policy(config):
+    """The ``recognition.data.augment.Policy`` of the config's data section."""
+    fields = [f.name for f in dataclasses.fields(augment.Policy)]
+    return augment.Policy(**{name: getattr(config.data, name) for name in fields})
+
+
 def make_batches(config, dataset, state, log):
     """This rank's batches from ``state``'s step and global data position on."""
     rank, order = dist.rank(), make_order(config, dataset)
-    return TrainBatches(dataset, order, flip=config.data.flip, color_jitter=config.data.color_jitter,
-                        cutoff=config.data.cutoff,
+    return TrainBatches(dataset, order, flip=config.data.flip, augmentation=augmentation_policy(config),
                         num_workers=0 if config.train.deterministic else config.data.num_workers,
                         prefetch=0 if config.train.deterministic else config.data.prefetch,
                         max_bad_share=config.data.max_bad_records, start_step=state.step,
