@@ -1,0 +1,76 @@
+"""bench/suite.py, the resumable multi-seed runner: real (tiny) training runs on the committed sample,
+one record per run, resuming without redoing, never mixing recipes, and the paired statistics."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import common  # noqa: E402
+import suite  # noqa: E402
+
+TINY = ["--set", "train.max_steps=2", "data.batch_size=8", "train.log_every=1"]
+
+
+def run_suite(tmp_path, *extra):
+    argv = [sys.executable, os.path.join(REPO, "bench", "suite.py"), "--suite", "ablations",
+            "--data", str(tmp_path / "no-such-folder"),  # falls back to the committed sample
+            "--work-dir", str(tmp_path / "work"), "--out-root", str(tmp_path / "results"), *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_paired_interval_is_students_t_over_the_differences():
+    d = [0.01, 0.03, 0.02, 0.06]
+    mean, std, low, high = suite.paired_interval(d)
+    expected_std = np.sqrt(sum((x - 0.03) ** 2 for x in d) / 3)
+    assert mean == pytest.approx(0.03) and std == pytest.approx(expected_std)
+    half = 3.182 * expected_std / 2  # t(0.975, 3 degrees of freedom) * s / sqrt(4)
+    assert (low, high) == (pytest.approx(0.03 - half), pytest.approx(0.03 + half))
+    assert np.isnan(suite.paired_interval([0.02])[2])  # one pair: no interval
+
+
+def test_train_fraction_keeps_the_held_out_pairs():
+    rng = np.random.default_rng(0)
+    people = {f"p{i:03d}": [f"p{i:03d}_{k:04d}.jpg" for k in range(1, 2 + rng.integers(0, 4))] for i in range(200)}
+    held, train, lines = common.draw_split(people, 40, 1, seed=3)
+    held_q, train_q, lines_q = common.draw_split(people, 40, 1, seed=3, train_fraction=0.25)
+    assert held_q == held and lines_q == lines
+    assert len(train_q) == round(0.25 * len(train)) and set(train_q) <= set(train)
+    assert common.draw_split(people, 40, 1, seed=3, train_fraction=0.25)[1] == train_q  # seeded
+    with pytest.raises(ValueError, match="fraction"):
+        common.draw_split(people, 40, 1, seed=3, train_fraction=0)
+
+
+def test_suite_writes_one_record_per_run_resumes_and_never_mixes_recipes(tmp_path):
+    done = run_suite(tmp_path, "--only", "baseline", "wd_1e-3", "--seeds", "0", "1", *TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "results" / "suite_ablations"
+    records = sorted(p.name for p in folder.iterdir())
+    assert records == ["baseline_seed0.json", "baseline_seed1.json", "wd_1e-3_seed0.json", "wd_1e-3_seed1.json"]
+    record = json.loads((folder / "wd_1e-3_seed1.json").read_text())
+    assert record["steps"] == 2 and record["seed"] == 1 and "optimizer.wd=0.001" in record["overrides"]
+    assert record["overrides"][-1] == "train.seed=1" and 0 <= record["final"]["accuracy"] <= 1
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+    # again: nothing is redone
+    again = run_suite(tmp_path, "--only", "baseline", "wd_1e-3", "--seeds", "0", "1", *TINY)
+    assert again.returncode == 0 and "0 runs to do" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
+
+    # the summary pairs the variant with the baseline seed by seed
+    summary = json.loads((tmp_path / "results" / "suite_ablations.json").read_text())
+    row = next(r for r in summary["rows"] if r["variant"] == "wd_1e-3")
+    base = {s: json.loads((folder / f"baseline_seed{s}.json").read_text())["final"]["accuracy"] for s in (0, 1)}
+    mine = {s: json.loads((folder / f"wd_1e-3_seed{s}.json").read_text())["final"]["accuracy"] for s in (0, 1)}
+    assert row["seeds"] == [0, 1] and row["paired"]["seeds"] == [0, 1]
+    assert row["paired"]["mean"] == pytest.approx(np.mean([mine[s] - base[s] for s in (0, 1)]))
+    assert "| wd_1e-3 |" in (tmp_path / "results" / "suite_ablations.md").read_text()
+
+    # another recipe into the same folder is refused, naming the record
+    other = run_suite(tmp_path, "--only", "baseline", "--seeds", "0", "--set", "train.max_steps=3")
+    assert other.returncode != 0 and "baseline_seed0.json: made with other overrides" in other.stderr
