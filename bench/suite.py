@@ -22,6 +22,8 @@ Suites (``--list``):
 * ``data_scaling``: issue 17 part 3, the 60-minute recipe on 25%, 50% and 100% of the training
   people, and on people with at least 2 photos only.
 * ``heads``: issue 14, every head under the accuracy goal's recipe (bfloat16) for 800 steps.
+* ``mining``: issue 14, MassFace's triplet fine-tuning with each mining strategy against softmax
+  fine-tuning of the same network for the same images.
 
 ``--set`` adds overrides after the suite's (for a smaller trial); records made with other
 overrides than the current command's are never mixed: the command stops and names the record.
@@ -43,10 +45,13 @@ import common  # noqa: E402
 GOAL_CONFIG = os.path.join("configs", "lfw_devtrain.yaml")
 
 
-def variant(name, change, overrides=(), split=None):
+def variant(name, change, overrides=(), split=None, config=None, start_from=None):
     """One row of a suite: ``overrides`` (``--set`` items) and ``split`` (changes of the split:
-    ``min_train_images``, ``train_fraction``) on top of the suite's recipe."""
-    return {"name": name, "change": change, "overrides": list(overrides), "split": dict(split or {})}
+    ``min_train_images``, ``train_fraction``) on top of the suite's recipe; ``config`` instead of
+    the suite's; ``start_from``: fine-tune the network of that variant's run with the same seed
+    (its classifier is not loaded)."""
+    return {"name": name, "change": change, "overrides": list(overrides), "split": dict(split or {}),
+            "config": config, "start_from": start_from}
 
 
 PROXY = ["train.max_steps=600", "optimizer.warmup_steps=35", "verification.every=0",
@@ -119,6 +124,38 @@ SUITES = {
             variant("git", "Git loss", ["loss.name=git", "loss.params={}"]),
         ],
     },
+}
+
+# MassFace's claims (issue 14): triplet fine-tuning of a softmax network, against fine-tuning the same
+# network with softmax for the same images (the same start, learning rate and images; only the
+# loss differs; the softmax classifier is learnt anew, as the triplet rows drop it)
+FINETUNE = ["train.precision=bfloat16", "model.embedding_size=128", "data.batch_size=32",
+            "data.images_per_identity=4", "train.max_steps=400", "optimizer.lr=0.005", "optimizer.warmup_steps=0",
+            "optimizer.schedule=cosine", "verification.flip=sum"]
+SUITES["mining"] = {
+    "issue": 14,
+    "description": "MassFace: a softmax network (configs/lfw_devtrain.yaml with softmax, 800 steps x 64, on the "
+                   "people with >= 3 photos) fine-tuned for 12,800 images (400 steps of P x K = 8 x 4; "
+                   "softmax: 200 x 64) at lr 0.005 cosine, bfloat16, by each mining strategy; baseline: the "
+                   "same fine-tuning with softmax",
+    "config": GOAL_CONFIG, "split": {"min_train_images": 3},
+    "recipe": ["verification.every=0", "output.checkpoint_every=0", "output.keep=1", "train.log_every=50"],
+    "seeds": [0, 1, 2],
+    "variants": [
+        variant("pretrained", "the softmax network before fine-tuning",
+                ["loss.name=softmax", "loss.params={}", "train.max_steps=800", "optimizer.warmup_steps=45"]),
+        variant("baseline", "softmax fine-tuning, 200 steps x 64",
+                ["loss.name=softmax", "loss.params={}", "train.max_steps=200", "optimizer.lr=0.005",
+                 "optimizer.warmup_steps=0"], start_from="pretrained"),
+    ] + [variant(f"triplet_{strategy}", f"triplet, {strategy.replace('batch_', '')} mining, online",
+                 FINETUNE + [f"loss.params={{margin: 0.2, strategy: {strategy}, pool: online}}"],
+                 config=os.path.join("configs", "triplet_finetune.yaml"), start_from="pretrained")
+         # batch_min_min selects the same triplets as batch_min_max (recognition/losses/mining.py)
+         for strategy in ("batch_all", "batch_random", "batch_min_max", "batch_hardest")] + [
+        variant("semi_online", "triplet, min_max mining over the last 4 batches (semi-online)",
+                FINETUNE + ["loss.params={margin: 0.2, strategy: batch_min_max, pool: semi_online, pool_batches: 4}"],
+                config=os.path.join("configs", "triplet_semi_online.yaml"), start_from="pretrained"),
+    ],
 }
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom
@@ -215,8 +252,8 @@ def render(summary, split_note="", pairs=600):
                                "paired diff. to baseline", "95% interval", "verdict", "samples/s", "steps"],
                               table), "",
         "Paired by seed: the same seed gives the baseline and the variant the same initial draw and data "
-        "order where the change allows. The interval is Student's t over the paired differences; with 2 "
-        "seeds (1 degree of freedom) only a large, consistent difference can exclude 0. " +
+        "order where the change allows. The interval is Student's t over the paired differences (n - 1 "
+        "degrees of freedom): with 2 seeds (t = 12.7) only a large, consistent difference can exclude 0. " +
         common.noise_note(pairs),
         "",
         f"Command: `python bench/suite.py --suite {summary['suite']}` (resumes; `--render` rebuilds this table).",
@@ -250,6 +287,22 @@ def planned_runs(suite, only=None, seeds=None):
     return [(v, s) for v in suite["variants"] if not only or v["name"] in only for s in (seeds or suite["seeds"])]
 
 
+def run_dir(work_dir, suite_name, name, seed):
+    return os.path.join(work_dir, "suite", suite_name, f"{name}_seed{seed}")
+
+
+def start_network(work_dir, suite_name, v, seed):
+    """The final checkpoint of the same-seed run of ``v['start_from']`` (work_dirs, not in git)."""
+    from recognition.engine.checkpoint import latest_state
+    folder = run_dir(work_dir, suite_name, v["start_from"], seed)
+    state = latest_state(folder) if os.path.isdir(folder) else None
+    if not state:
+        raise SystemExit(f"suite {suite_name}: {v['name']} starts from {v['start_from']} seed {seed}, whose "
+                         f"checkpoint is not in {folder} (work dirs are not kept in git): delete its record "
+                         f"in bench/results/suite_{suite_name}/ to train it again")
+    return state
+
+
 def run_overrides(suite, v, seed, extra):
     return suite["recipe"] + v["overrides"] + list(extra) + [f"train.seed={seed}"]
 
@@ -272,17 +325,18 @@ def run_one(args, suite_name, variant_name, seed):
     suite = SUITES[suite_name]
     v = next(v for v in suite["variants"] if v["name"] == variant_name)
     split_args = argparse.Namespace(**vars(args))
-    for key, value in v["split"].items():
+    for key, value in {**suite.get("split", {}), **v["split"]}.items():
         setattr(split_args, key, value)
     manifest, env = common.start(split_args)
-    out_dir = os.path.join(args.work_dir, "suite", suite_name, f"{variant_name}_seed{seed}")
-    config_path = os.path.join(common.REPO, suite["config"])
+    out_dir = run_dir(args.work_dir, suite_name, variant_name, seed)
+    config_path = os.path.join(common.REPO, v["config"] or suite["config"])
+    pretrained = start_network(args.work_dir, suite_name, v, seed) if v["start_from"] else None
     overrides = ([f"data.root={manifest['rec']}", f"verification.bins={manifest['bin']}", f"output.dir={out_dir}",
                   f"data.num_workers={args.workers}"] + run_overrides(suite, v, seed, args.set))
     common.log(f"suite {suite_name}: {variant_name} seed {seed} ({v['change']})")
-    results, wall, config = common.run_training(config_path, overrides)
+    results, wall, config = common.run_training(config_path, overrides, pretrained=pretrained)
     record = {"suite": suite_name, "variant": variant_name, "seed": seed, "change": v["change"],
-              "config": suite["config"], "overrides": run_overrides(suite, v, seed, args.set),
+              "config": v["config"] or suite["config"], "start_from": v["start_from"], "overrides": run_overrides(suite, v, seed, args.set),
               "split": manifest, "environment": env, "final": common.verification_row(results),
               "steps": int(results.get("steps", config.train.max_steps)),
               "train_wall_s": round(wall, 1), "samples_per_sec": common.throughput(out_dir),
