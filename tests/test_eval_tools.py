@@ -1,5 +1,6 @@
 """The evaluation command lines end to end on a tiny exported model (built here, independent of
-recognition.models): verify, embed, rec_info, rec2images, export (ONNX Runtime equality)."""
+recognition.models): verify, embed, rec_info, rec2images, export (ONNX Runtime equality; also on
+small recognition.models backbones, whose PReLU the tiny model lacks)."""
 import json
 import os
 import pickle
@@ -207,3 +208,52 @@ def test_export_onnx_matches_mxnet(model, tmp_path):
     expected = net(mx.nd.array(faces)).asnumpy()
     assert got.shape == expected.shape == (5, 16)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+# (model, act, constructor options): small but real backbones with every PReLU site of the full
+# ones: MobileFaceNet's after 3x3 and depthwise convolutions (one block per stage, 32x32 input) and
+# IResNet's stem and residual units (one unit per stage, 16x16). 'prelu' is the default formulation
+# (depthwise 1x1 convolutions by alpha and 1 - alpha), 'prelu_native' MXNet's LeakyReLU operator.
+PRELU_BACKBONES = [
+    ("mobilefacenet", "prelu", dict(blocks=(1, 1, 1, 1), input_size=32)),
+    ("mobilefacenet", "prelu_native", dict(blocks=(1, 1, 1, 1), input_size=32)),
+    ("iresnet", "prelu", dict(units=(1, 1, 1, 1), input_size=16)),
+]
+
+
+@pytest.mark.parametrize("name,act,options", PRELU_BACKBONES, ids=[f"{n}-{a}" for n, a, _ in PRELU_BACKBONES])
+def test_export_onnx_prelu_backbones_match_mxnet(name, act, options, tmp_path):
+    """MXNet 1.9.1's exporter turned our PReLU's 1 - alpha into alpha - 1 and gave ONNX PRelu a (C,)
+    slope that broadcasts over W (relative error ~1, or a model ONNX Runtime refuses): the export
+    must match MXNet on these networks too."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (see requirements.txt)")
+    from recognition.models import IResNet, MobileFaceNet, default_initializer
+    size = options["input_size"]
+    if name == "mobilefacenet":
+        net = MobileFaceNet(embedding_size=16, act=act, prefix="mbf_", **options)
+    else:
+        net = IResNet(options["units"], embedding_size=16, act=act, input_size=size, prefix="iresnet_")
+    mx.random.seed(0)
+    net.initialize(default_initializer())
+    rng = np.random.RandomState(3)
+    for param_name, param in net.collect_params().items():
+        # distinct per-channel alphas, negative and above 1 included, so a slope applied along the
+        # wrong axis or a wrong 1 - alpha cannot go unnoticed; non-trivial BatchNorm statistics
+        if param_name.endswith("_alpha"):
+            param.set_data(mx.nd.array(rng.uniform(-0.5, 1.5, param.shape)))
+        elif param_name.endswith("_running_mean"):
+            param.set_data(mx.nd.array(rng.normal(0, 0.2, param.shape)))
+        elif param_name.endswith("_running_var"):
+            param.set_data(mx.nd.array(rng.uniform(0.5, 2.0, param.shape)))
+    net.hybridize()
+    faces = random_faces(3, size=size, seed=14).transpose(0, 3, 1, 2).astype(np.float32)
+    expected = net(mx.nd.array(faces)).asnumpy()
+    prefix = str(tmp_path / name)
+    net.export(prefix, epoch=1)
+    out = tmp_path / f"{name}.onnx"
+    # the tool's own check (1e-4) runs too: it exits with an error on a mismatch
+    export_tool.main(["--model", prefix, "--out", str(out), "--image-size", str(size), "--check-images", "2"])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"data": faces})[0]
+    assert got.shape == expected.shape == (3, 16)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
