@@ -105,7 +105,7 @@ SUITES = {
     "heads": {
         "issue": 14,
         "description": "every head under the accuracy goal's recipe (configs/lfw_devtrain.yaml: MobileFaceNet-128, "
-                       "bfloat16, batch 64, cosine) for 800 steps (about 12 minutes: 27 runs in about 6 hours; the "
+                       "bfloat16, batch 64, cosine) for 800 steps (about 10 minutes idle: 27 runs in about 4.5 hours; the "
                        "goal run's held-out curve gains 2 points from step 600 to 1,200), baseline softmax",
         "config": GOAL_CONFIG,
         "recipe": ["train.max_steps=800", "optimizer.warmup_steps=45", "verification.every=0",
