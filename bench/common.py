@@ -23,6 +23,8 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the benchmarks run from a checkout, installed or not
+from recognition.fileio import write_text_atomic  # noqa: E402
 LFW_DEVTRAIN = "/work/shared/data/lfw-devtrain"
 LFW_SAMPLE = os.path.join(REPO, "tests", "data", "lfw_sample")
 DEFAULT_WORK_DIR = os.path.join(REPO, "work_dirs", "bench")
@@ -140,13 +142,6 @@ def draw_split(people, holdout, min_train_images, seed, folds=10, train_fraction
     return held, train, lines
 
 
-def _atomic_text(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def prepare_split(args):
     """Pack the training people and build the held-out .bin (cached under ``--work-dir``).
 
@@ -195,7 +190,7 @@ def prepare_split(args):
     os.makedirs(tmp_dir)
     if not fallback:
         pairs_file = os.path.join(tmp_dir, "heldout_pairs.txt")
-        _atomic_text(pairs_file, "\n".join(lines) + "\n")
+        write_text_atomic(pairs_file, "\n".join(lines) + "\n")
 
     # training people: a folder of links, so pack() sees exactly them (landmark paths are relative)
     src = os.path.join(tmp_dir, "train_src")
@@ -223,7 +218,7 @@ def prepare_split(args):
         "min_train_images": args.min_train_images if not fallback else None, "split_seed": args.split_seed,
         "train_landmarks": train_landmarks, "train_fraction": train_fraction,
     }
-    _atomic_text(os.path.join(tmp_dir, "manifest.json"), json.dumps(manifest, indent=1))
+    write_text_atomic(os.path.join(tmp_dir, "manifest.json"), json.dumps(manifest, indent=1))
     shutil.rmtree(split_dir, ignore_errors=True)
     os.replace(tmp_dir, split_dir)
     log(f"split: {manifest['train_people']} training people ({manifest['train_images']} images), "
@@ -335,8 +330,8 @@ def write_outputs(out_prefix, result, markdown):
     """``OUT.json`` and ``OUT.md`` (atomically); prints the Markdown then the JSON on stdout."""
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     text = json.dumps(result, indent=1)
-    _atomic_text(out_prefix + ".json", text + "\n")
-    _atomic_text(out_prefix + ".md", markdown + "\n")
+    write_text_atomic(out_prefix + ".json", text + "\n")
+    write_text_atomic(out_prefix + ".md", markdown + "\n")
     print(markdown)
     print(text)
     log(f"wrote {out_prefix}.json and {out_prefix}.md")
@@ -357,7 +352,7 @@ def rerender(json_path, render):
     with open(json_path) as f:
         result = json.load(f)
     markdown = render(result)
-    _atomic_text(os.path.splitext(json_path)[0] + ".md", markdown + "\n")
+    write_text_atomic(os.path.splitext(json_path)[0] + ".md", markdown + "\n")
     print(markdown)
 
 

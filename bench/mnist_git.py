@@ -48,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+from recognition.fileio import write_text_atomic  # noqa: E402
 
 MNIST_DIR = "/work/shared/data/mnist"
 DEFAULT_RUNS = ",".join(f"{c}:{g}" for c in ("0.01", "0.001") for g in ("0", "0.1", "1", "0.01"))
@@ -348,12 +349,12 @@ def write_record(folder, key, record, test_features, test_labels):
     tmp = os.path.join(folder, key + ".tmp.npz")
     np.savez_compressed(tmp, features=test_features[keep].astype(np.float16), labels=test_labels[keep].astype(np.uint8))
     os.replace(tmp, os.path.join(folder, key + ".npz"))
-    common._atomic_text(os.path.join(folder, key + ".json"), json.dumps(record, indent=1) + "\n")
+    write_text_atomic(os.path.join(folder, key + ".json"), json.dumps(record, indent=1) + "\n")
 
 
 def write_partial(folder, key, record):
     os.makedirs(folder, exist_ok=True)
-    common._atomic_text(os.path.join(folder, key + ".partial.json"), json.dumps(record, indent=1) + "\n")
+    write_text_atomic(os.path.join(folder, key + ".partial.json"), json.dumps(record, indent=1) + "\n")
 
 
 def read_records(folder, partial=False):
@@ -506,8 +507,8 @@ def render_all(args, train_digits=10000, test_digits=10000, quiet=False):
     summary = dict(result, records=[{k: v for k, v in r.items() if k != "loss_curve"} for r in records])
     markdown = render(result)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    common._atomic_text(args.out + ".json", json.dumps(summary, indent=1) + "\n")
-    common._atomic_text(args.out + ".md", markdown + "\n")
+    write_text_atomic(args.out + ".json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(args.out + ".md", markdown + "\n")
     plot(args.out + ".png", group_rows(records), args.out)
     if not quiet:
         print(markdown)

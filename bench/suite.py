@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+from recognition.fileio import write_text_atomic  # noqa: E402
 
 GOAL_CONFIG = os.path.join("configs", "lfw_devtrain.yaml")
 
@@ -273,8 +274,8 @@ def render_all(out_root, suite_name):
     prefix = os.path.join(out_root, f"suite_{suite_name}")
     text = render(summary, note, records[0]["split"]["pairs"] if records else 600)
     os.makedirs(out_root, exist_ok=True)
-    common._atomic_text(prefix + ".json", json.dumps(summary, indent=1) + "\n")
-    common._atomic_text(prefix + ".md", text + "\n")
+    write_text_atomic(prefix + ".json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(prefix + ".md", text + "\n")
     return text
 
 
@@ -344,7 +345,7 @@ def run_one(args, suite_name, variant_name, seed):
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = record_path(args.out_root, suite_name, variant_name, seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    common._atomic_text(path, json.dumps(record, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
     common.log(f"suite {suite_name}: {variant_name} seed {seed}: accuracy {record['final']['accuracy']:.4f} "
                f"in {wall / 60:.1f} min -> {path}")
 
@@ -394,29 +395,18 @@ def main(argv=None):
         if args.max_runs:
             todo = todo[:args.max_runs]
         common.log(f"suite {args.suite}: {len(todo)} runs to do")
-        passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+        # the child gets the whole command line: it acts on --run-one alone (a later --suite wins)
+        passthrough = list(argv if argv is not None else sys.argv[1:])
         for i, (v, seed) in enumerate(todo, 1):
             common.log(f"suite {args.suite}: run {i}/{len(todo)}")
             # a fresh process per run: one run's MXNet state, threads or failure cannot leak into the next
-            done = subprocess.run([sys.executable, os.path.abspath(__file__)] + _strip(passthrough) +
+            done = subprocess.run([sys.executable, os.path.abspath(__file__)] + passthrough +
                                   ["--suite", args.suite, "--run-one", v["name"], str(seed)])
             if done.returncode != 0:
                 raise SystemExit(f"suite {args.suite}: {v['name']} seed {seed} failed (exit {done.returncode}); "
                                  "finished runs are kept, run the same command again to continue")
             render_all(args.out_root, args.suite)
     print(render_all(args.out_root, args.suite))
-
-
-def _strip(argv):
-    """The command line less the options the parent handles itself."""
-    out, skip = [], False
-    for item in argv:
-        if skip and not item.startswith("--"):
-            continue
-        skip = item in ("--suite", "--only", "--seeds", "--max-runs")  # --set is passed on
-        if not skip and item not in ("--list", "--render"):
-            out.append(item)
-    return out
 
 
 if __name__ == "__main__":

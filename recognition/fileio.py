@@ -12,15 +12,19 @@ def fsync_dir(folder):
         os.close(fd)
 
 
-def write_json_atomic(path, value, indent=1):
-    """Write ``value`` as JSON to ``path`` through a temporary name: never a half-written file."""
+def write_text_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary name: never a half-written file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(value, f, indent=indent)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path, value, indent=1):
+    """Write ``value`` as JSON to ``path`` through a temporary name: never a half-written file."""
+    write_text_atomic(path, json.dumps(value, indent=indent) + "\n")
 
 
 def print_json(value, path=None, indent=1):
