@@ -92,6 +92,9 @@ class Log:
             if found:
                 return found
             assert self.launcher.poll() is None, f"job ended before {pattern!r}:\n{self.text()[-4000:]}"
+            if any("Segmentation fault" in line for _, line in self.lines):  # faulthandler's stacks, less its module list
+                stacks = "\n".join(line for _, line in self.lines if "Extension modules:" not in line)
+                raise AssertionError(f"a worker crashed by itself (SIGSEGV), not by a change of hosts:\n{stacks[-8000:]}")
             assert time.time() - start < bound, f"no {pattern!r} within {bound} s:\n{self.text()[-4000:]}"
             time.sleep(0.1)
 

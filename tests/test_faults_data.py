@@ -166,6 +166,15 @@ def test_corrupt_records_are_skipped_counted_and_logged_once(sample_rec, tmp_pat
         batches.close()
     assert batches.bad_records == 3
     assert len(messages) == 3
+    # batches made anew (an elastic reset) with the run's record of corrupt ones: met again, not
+    # counted or logged again
+    again = TrainBatches(dataset, order, num_workers=threads, prefetch=threads, max_bad_share=0.05,
+                         log=messages.append, bad=batches.bad)
+    try:
+        next(again)
+    finally:
+        again.close()
+    assert again.bad_records == 3 and len(messages) == 3
     for index, reason in damaged.items():
         hits = [m for m in messages if f"record {index} " in m]
         assert len(hits) == 1 and reason in hits[0] and hits[0].startswith(f"skipped corrupt record: {root}"), messages

@@ -96,7 +96,7 @@ class TrainBatches:
     """
 
     def __init__(self, dataset, order, flip=True, num_workers=1, prefetch=4, max_bad_share=0.01,
-                 start_step=0, log=None, augmentation=None, start_position=None):
+                 start_step=0, log=None, augmentation=None, start_position=None, bad=None):
         self.dataset, self.order, self.flip = dataset, order, flip
         self.augmentation = augmentation or augment.Policy()
         self.num_workers, self.prefetch, self.max_bad_share = num_workers, prefetch, max_bad_share
@@ -106,7 +106,9 @@ class TrainBatches:
             start_position = (epoch, row * order.stride)
         self.start_position = (int(start_position[0]), int(start_position[1]))
         self.seen_records = 0
-        self.bad = {}  # record index -> problem, each corrupt record once
+        # record index -> problem, each corrupt record once; ``bad`` shares it with the batches an
+        # elastic reset replaced, so the count and data.max_bad_records hold over the whole run
+        self.bad = {} if bad is None else bad
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self._pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
         self._queue = queue.Queue(maxsize=max(prefetch, 1))

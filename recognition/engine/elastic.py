@@ -81,11 +81,11 @@ def _state_class():
         """The TrainState under Horovod's elastic protocol. ``committed``: the last commit's
         snapshot, in this process's memory."""
 
-        def __init__(self, train_state, on_reset):
+        def __init__(self, train_state, on_reset, on_rejoined):
             super().__init__(bcast_object=lambda obj: dist.broadcast_object(obj, name="elastic.hosts"),
                              get_rank=dist.rank)
-            self.train_state, self._on_reset = train_state, on_reset
-            self.committed = None
+            self.train_state, self._on_reset, self._on_rejoined = train_state, on_reset, on_rejoined
+            self.committed, self._was_reset = None, False
 
         def save(self):
             self.committed = self.train_state.snapshot()
@@ -97,6 +97,7 @@ def _state_class():
 
         def reset(self):
             self._on_reset()
+            self._was_reset = True
 
         def sync(self):
             """Every rank takes the newest state: the last commit of the ranks that have one, or a
@@ -109,6 +110,9 @@ def _state_class():
                 state.broadcast_from(root)
                 dist.hosts()
             self.save()
+            if self._was_reset:  # only now have all the new workers got the state
+                self._was_reset = False
+                self._on_rejoined()
 
     return GluonState
 
@@ -126,6 +130,8 @@ def run(state, make_batches, callbacks, logger, commit_every, run_steps, log):
         state.make_trainers()
         dist.set_trainer_states(state.trainer, optimizer)
         logger.global_batch = state.config.data.batch_size * state.world
+
+    def on_rejoined():
         logger.follow_rank(state.step)
         if dist.rank() == 0:
             log(f"elastic: {state.world} workers now; going on from the commit of step {state.step}")
@@ -150,7 +156,7 @@ def run(state, make_batches, callbacks, logger, commit_every, run_steps, log):
         finally:
             batches.close()
 
-    run_fn(body, dist.reinit)(_state_class()(state, on_reset))
+    run_fn(body, dist.reinit)(_state_class()(state, on_reset, on_rejoined))
 
 
 class _Trace:

@@ -382,14 +382,16 @@ def augmentation_policy(config):
     return augment.Policy(**{name: getattr(config.data, name) for name in fields})
 
 
-def make_batches(config, dataset, state, log):
-    """This rank's batches from ``state``'s step and global data position on."""
+def make_batches(config, dataset, state, log, bad=None):
+    """This rank's batches from ``state``'s step and global data position on (``bad``: the corrupt
+    records met so far in this run, see TrainBatches)."""
     rank, order = dist.rank(), make_order(config, dataset)
     return TrainBatches(dataset, order, flip=config.data.flip, augmentation=augmentation_policy(config),
                         num_workers=0 if config.train.deterministic else config.data.num_workers,
                         prefetch=0 if config.train.deterministic else config.data.prefetch,
                         max_bad_share=config.data.max_bad_records, start_step=state.step,
-                        start_position=state.data_position, log=lambda message: log(f"rank {rank}: {message}"))
+                        start_position=state.data_position, bad=bad,
+                        log=lambda message: log(f"rank {rank}: {message}"))
 
 
 def update(state, data, label, logger, triplets=None, predict=False):
@@ -618,9 +620,10 @@ def _train(config, resume, pretrained, log, return_model, progress, elastic_run)
     batches = None
     try:
         if elastic_run:
-            elastic.run(state, lambda: make_batches(config, dataset, state, log), callbacks, logger,
+            bad = {}  # over every reset's batches
+            elastic.run(state, lambda: make_batches(config, dataset, state, log, bad), callbacks, logger,
                         config.train.elastic_commit_every, run_steps, log)
-            batches = make_batches(config, dataset, state, log)  # for the final checkpoint's data position
+            batches = make_batches(config, dataset, state, log, bad)  # for the final checkpoint's data position
         else:
             batches = make_batches(config, dataset, state, log)
             run_steps(state, batches, callbacks, logger)

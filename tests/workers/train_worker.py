@@ -1,4 +1,5 @@
 """Run by horovodrun in tests: train a few steps, then each rank saves its live parameters."""
+import faulthandler
 import os
 import sys
 
@@ -10,6 +11,7 @@ from recognition.engine.trainer import train  # noqa: E402
 
 
 def main():
+    faulthandler.enable()  # after MXNet's own handler: a crash prints every thread's Python stack
     save_dir, overrides = sys.argv[1], sys.argv[2:]
     resume = "auto" if overrides[:1] == ["--resume"] else None
     config = load_config(None, overrides[1:] if resume else overrides)
