@@ -13,11 +13,11 @@ report file (`path<TAB>reason`); --strict stops at the first of them instead (no
 nothing written). The output order is the sorted input order whatever --workers.
 """
 import argparse
-import multiprocessing
 import os
 import sys
 
 from recognition.data import detect
+from recognition.data.pack import worker_pool
 from recognition.fileio import fsync_dir
 
 HEADER = ("# path\tx1\ty1\tx2\ty2\tx3\ty3\tx4\ty4\tx5\ty5  (left eye, right eye, nose tip, left mouth corner, "
@@ -122,7 +122,7 @@ def run(src, out, report=None, workers=1, strict=False, progress=True, options=N
     paths = [full for _, full in entries]
     pool = None
     if workers > 1 and len(paths) > 1:
-        pool = multiprocessing.Pool(min(workers, len(paths)), initializer=_init_worker, initargs=(options,))
+        pool = worker_pool(min(workers, len(paths)), initializer=_init_worker, initargs=(options,))
         results = pool.imap(_detect, paths, chunksize=8)
     else:
         _init_worker(options)

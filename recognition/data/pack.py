@@ -183,6 +183,13 @@ def _encode(args):
         return None, f"{item.path}: skipped, {err}"
 
 
+def worker_pool(processes, **kwargs):
+    """A ``multiprocessing.Pool`` whose workers are forked from a fresh server process, not from
+    this one: forking a process that holds MXNet's engine and OpenMP threads aborts now and then
+    (seen in the test suite, in ``os.fork``)."""
+    return multiprocessing.get_context("forkserver").Pool(processes, **kwargs)
+
+
 def pack(src, out, landmarks=None, min_images=1, workers=1, quality=95, image_size=112,
          strict=False, progress=True, warn=None, detect=None):
     """Pack ``src`` into ``out``/train.rec,.idx,property. Returns a dict of counts.
@@ -218,7 +225,7 @@ def pack(src, out, landmarks=None, min_images=1, workers=1, quality=95, image_si
 
     counts = {"images": 0, "identities": 0, "skipped": len(problems), "too_few_images": 0}
     jobs = ((item, image_size, quality, detect_options) for item in items)
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    pool = worker_pool(workers) if workers > 1 else None
     results = pool.imap(_encode, jobs, chunksize=16) if pool else map(_encode, jobs)
     try:
         with RecordWriter(out, (image_size, image_size)) as writer:
