@@ -24,6 +24,7 @@ import os
 import mxnet as mx
 
 from .. import distributed as dist
+from ..mxnet_errors import clear_pending_errors
 
 TRACE_ENV = "RECOGNITION_ELASTIC_TRACE"  # a folder: each rank appends the records of committed steps
 
@@ -49,18 +50,6 @@ def discard_pending(block):
         block._pending = None
     for child in block._children.values():
         discard_pending(child)
-
-
-def _clear_engine_errors(limit=1000):
-    """MXNet keeps the error of every failed operator and rethrows one per ``waitall`` (at the
-    latest when the process exits); the failed step's are taken out here, one by one. Horovod has
-    already shut down and failed every operator it still held, so none of them is left pending."""
-    for _ in range(limit):
-        try:
-            mx.nd.waitall()
-            return
-        except mx.base.MXNetError:
-            continue
 
 
 @contextlib.contextmanager
@@ -91,7 +80,8 @@ def _state_class():
             self.committed = self.train_state.snapshot()
 
         def restore(self):
-            _clear_engine_errors()
+            # the failed step's operators (Horovod has already failed every one it held)
+            clear_pending_errors()
             if self.committed is not None:
                 self.train_state.restore(self.committed)
 

@@ -31,6 +31,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
+from ..mxnet_errors import clear_pending_errors
+
 # MXNet's bfloat16 type (the same object as mxnet.contrib.amp.bfloat16): numpy has no bf16
 BFLOAT16 = np.dtype([("bfloat16", np.uint16)])
 _MX_DTYPES = {"bfloat16": BFLOAT16, "float16": "float16", "float32": "float32"}
@@ -138,4 +140,5 @@ def bfloat16_supported():
         y.backward()
         return bool(np.isfinite(mx.nd.amp_cast(w.grad, dtype="float32").asnumpy()).all())
     except mx.base.MXNetError:
+        clear_pending_errors()  # the probe's other failed operators would fail the next training step
         return False
