@@ -67,7 +67,7 @@ def test_cross_worker_equals_single_process(ranks, strategy):
     emb.backward(mx.nd.array(emb_grad))
     for name, param in net.collect_params().items():
         summed = ranks[0][strategy + "/grad_sum/" + name.split("_")[-1]]
-        np.testing.assert_allclose(summed, param.grad().asnumpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(summed, param.grad().asnumpy(), rtol=1e-5, atol=1e-6)  # sums of float32 terms in another order
         np.testing.assert_array_equal(ranks[1][strategy + "/grad_sum/" + name.split("_")[-1]], summed)
 
 
