@@ -21,6 +21,8 @@ Suites (``--list``):
   samples/s beside the accuracy.
 * ``data_scaling``: issue 17 part 3, the 60-minute recipe on 25%, 50% and 100% of the training
   people, and on people with at least 2 photos only.
+* ``final``: issue 17 part 4's last step, the best changes of ``ablations`` combined, at the
+  60-minute recipe, against the config as it is; the best row becomes configs/lfw_devtrain.yaml.
 * ``heads``: issue 14, every head under the accuracy goal's recipe (bfloat16) for 800 steps.
 * ``mining``: issue 14, MassFace's triplet fine-tuning with each mining strategy against softmax
   fine-tuning of the same network for the same images.
@@ -57,6 +59,9 @@ def variant(name, change, overrides=(), split=None, config=None, start_from=None
 
 PROXY = ["train.max_steps=600", "optimizer.warmup_steps=35", "verification.every=0",
          "output.checkpoint_every=0", "output.keep=1", "train.log_every=50"]
+
+# the augmentations that gained on both seeds at the proxy budget (jitter_cutoff, photometric)
+EMB_AUG = ["data.color_jitter=0.125", "data.cutoff=32", "data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]
 
 SUITES = {
     "ablations": {
@@ -101,6 +106,24 @@ SUITES = {
             variant("people_50", "50% of the training people", split={"train_fraction": 0.5}),
             variant("people_25", "25% of the training people", split={"train_fraction": 0.25}),
             variant("min2", "only people with >= 2 photos", split={"min_train_images": 2}),
+        ],
+    },
+    "final": {
+        "issue": 17,
+        "description": "the best changes of the ablations combined, at the 60-minute recipe "
+                       "(configs/lfw_devtrain.yaml, train.time_budget_minutes=60); baseline: the config as it is",
+        "config": GOAL_CONFIG,
+        "recipe": ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0",
+                   "output.keep=1", "train.log_every=100"],
+        "seeds": [0, 1],
+        "variants": [
+            variant("baseline", "configs/lfw_devtrain.yaml as it is"),
+            variant("emb256_aug", "embedding 256 + colour jitter 0.125, cutoff 32 + grayscale 0.2, blur 0.2, JPEG 0.3",
+                    ["model.embedding_size=256"] + EMB_AUG),
+            variant("emb256_aug_wd", "emb256_aug + weight decay 1e-3",
+                    ["model.embedding_size=256"] + EMB_AUG + ["optimizer.wd=0.001"]),
+            variant("emb256_photometric", "embedding 256 + grayscale 0.2, blur 0.2, JPEG 0.3",
+                    ["model.embedding_size=256", "data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]),
         ],
     },
     "heads": {
