@@ -60,8 +60,11 @@ def variant(name, change, overrides=(), split=None, config=None, start_from=None
 PROXY = ["train.max_steps=600", "optimizer.warmup_steps=35", "verification.every=0",
          "output.checkpoint_every=0", "output.keep=1", "train.log_every=50"]
 
-# the augmentations that gained on both seeds at the proxy budget (jitter_cutoff, photometric)
-EMB_AUG = ["data.color_jitter=0.125", "data.cutoff=32", "data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]
+# the changes of the ablations that the final suite combines (one list each, so the rows cannot drift apart)
+EMB_256 = ["model.embedding_size=256"]
+JITTER_CUTOFF = ["data.color_jitter=0.125", "data.cutoff=32"]
+PHOTOMETRIC = ["data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]
+SIXTY_MINUTES = ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0", "output.keep=1"]
 
 SUITES = {
     "ablations": {
@@ -75,12 +78,12 @@ SUITES = {
             variant("head_arcface", "ArcFace s 32, m 0.5", ["loss.name=arcface", "loss.params={s: 32.0, m2: 0.5}"]),
             variant("lr_0.2", "learning rate 0.2 (from 0.1)", ["optimizer.lr=0.2"]),
             variant("jitter_cutoff", "colour jitter 0.125 + cutoff 32 (insightface's)",
-                    ["data.color_jitter=0.125", "data.cutoff=32"]),
+                    JITTER_CUTOFF),
             variant("geometric", "zoom 1 +- 0.1, rotation +- 10 degrees, shift +- 4 px",
                     ["data.scale_jitter=0.1", "data.rotate=10", "data.shift=4"]),
-            variant("emb_256", "embedding 256 (from 128)", ["model.embedding_size=256"]),
+            variant("emb_256", "embedding 256 (from 128)", EMB_256),
             variant("photometric", "grayscale 0.2, blur 0.2, JPEG 0.3 (probabilities)",
-                    ["data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]),
+                    PHOTOMETRIC),
             variant("head_softmax", "plain softmax", ["loss.name=softmax", "loss.params={}"]),
             variant("head_adacos", "dynamic AdaCos", ["loss.name=adacos", "loss.params={dynamic: true}"]),
             variant("head_l2softmax", "L2-softmax, alpha 16", ["loss.name=l2softmax", "loss.params={alpha: 16.0}"]),
@@ -98,8 +101,7 @@ SUITES = {
         "description": "the 60-minute recipe (configs/lfw_devtrain.yaml, train.time_budget_minutes=60) on a "
                        "share of the training people; held-out pairs unchanged",
         "config": GOAL_CONFIG,
-        "recipe": ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0",
-                   "output.keep=1"],
+        "recipe": SIXTY_MINUTES,
         "seeds": [0, 1],
         "variants": [
             variant("baseline", "all training people (3,738; singletons are classes)"),
@@ -113,17 +115,16 @@ SUITES = {
         "description": "the best changes of the ablations combined, at the 60-minute recipe "
                        "(configs/lfw_devtrain.yaml, train.time_budget_minutes=60); baseline: the config as it is",
         "config": GOAL_CONFIG,
-        "recipe": ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0",
-                   "output.keep=1", "train.log_every=100"],
+        "recipe": SIXTY_MINUTES + ["train.log_every=100"],
         "seeds": [0, 1],
         "variants": [
             variant("baseline", "configs/lfw_devtrain.yaml as it is"),
             variant("emb256_aug", "embedding 256 + colour jitter 0.125, cutoff 32 + grayscale 0.2, blur 0.2, JPEG 0.3",
-                    ["model.embedding_size=256"] + EMB_AUG),
+                    EMB_256 + JITTER_CUTOFF + PHOTOMETRIC),
             variant("emb256_aug_wd", "emb256_aug + weight decay 1e-3",
-                    ["model.embedding_size=256"] + EMB_AUG + ["optimizer.wd=0.001"]),
+                    EMB_256 + JITTER_CUTOFF + PHOTOMETRIC + ["optimizer.wd=0.001"]),
             variant("emb256_photometric", "embedding 256 + grayscale 0.2, blur 0.2, JPEG 0.3",
-                    ["model.embedding_size=256", "data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]),
+                    EMB_256 + PHOTOMETRIC),
         ],
     },
     "heads": {
