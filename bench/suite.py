@@ -64,6 +64,7 @@ PROXY = ["train.max_steps=600", "optimizer.warmup_steps=35", "verification.every
 EMB_256 = ["model.embedding_size=256"]
 JITTER_CUTOFF = ["data.color_jitter=0.125", "data.cutoff=32"]
 PHOTOMETRIC = ["data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]
+HEAD_SOFTMAX = ["loss.name=softmax", "loss.params={}"]
 SIXTY_MINUTES = ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0", "output.keep=1"]
 
 SUITES = {
@@ -84,7 +85,7 @@ SUITES = {
             variant("emb_256", "embedding 256 (from 128)", EMB_256),
             variant("photometric", "grayscale 0.2, blur 0.2, JPEG 0.3 (probabilities)",
                     PHOTOMETRIC),
-            variant("head_softmax", "plain softmax", ["loss.name=softmax", "loss.params={}"]),
+            variant("head_softmax", "plain softmax", HEAD_SOFTMAX),
             variant("head_adacos", "dynamic AdaCos", ["loss.name=adacos", "loss.params={dynamic: true}"]),
             variant("head_l2softmax", "L2-softmax, alpha 16", ["loss.name=l2softmax", "loss.params={alpha: 16.0}"]),
             variant("wd_2.5e-4", "weight decay 2.5e-4", ["optimizer.wd=0.00025"]),
@@ -125,6 +126,8 @@ SUITES = {
                     EMB_256 + JITTER_CUTOFF + PHOTOMETRIC + ["optimizer.wd=0.001"]),
             variant("emb256_photometric", "embedding 256 + grayscale 0.2, blur 0.2, JPEG 0.3",
                     EMB_256 + PHOTOMETRIC),
+            variant("softmax_emb256", "plain softmax + embedding 256 (the proxy's two highest rows)",
+                    HEAD_SOFTMAX + EMB_256),
         ],
     },
     "heads": {
