@@ -6,15 +6,20 @@
   ema.params, not the raw ones), and a run resumed half-way ends with the same average as an
   uninterrupted one;
 * a time budget replaces max_steps by what fits: the run makes the steps it decided, says so in
-  the log and in results.json, and a resumed run keeps the decision.
+  the log and in results.json, and the checkpoint keeps the decision;
+* a run whose first steps are slow revises the decision from the longer measurement and fills the
+  budget, where the first decision alone would have left most of it unused.
 """
 import json
 import os
+import time
+from types import SimpleNamespace
 
 import mxnet as mx
 import numpy as np
 
 from recognition.engine.averaging import EMA_FILE, WeightAverage
+from recognition.engine.callbacks import TimeBudget
 from recognition.engine.config import load_config
 from recognition.engine.trainer import train
 from recognition.models import get_model
@@ -97,3 +102,42 @@ def test_time_budget_fits_the_steps_and_keeps_the_decision(sample_rec, tmp_path,
     assert os.path.isdir(out / "checkpoints" / f"step-{budget['steps']:08d}")
     meta = json.loads((out / "checkpoints" / f"step-{budget['steps']:08d}" / "meta.json").read_text())
     assert meta["max_steps"] == budget["steps"] and meta["time_budget"]["steps"] == budget["steps"]
+    # revision points (10% and 25% of the decided steps) after step 25 are each revised once (on a
+    # machine of this kind the decision is about 40 steps, and they fall before it)
+    assert [r["at_step"] for r in budget["revisions"]] == budget["revise_at_steps"]
+    assert not budget["revisions"] or budget["revisions"][-1]["steps"] == budget["steps"]
+
+
+class _Said:
+    def __init__(self):
+        self.messages, self.total = [], None
+
+    def set_total(self, total):
+        self.total = total
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+def test_time_budget_revision_fills_the_budget_after_a_slow_start():
+    minutes, slow, fast = 0.1, 0.06, 0.015  # 6 s; the 25 measured steps take 4x the later ones
+    said = _Said()
+    started = time.time()
+    budget = TimeBudget(minutes, started, 0, said, margin=0.0, revise_at=(0.5,))
+    state = SimpleNamespace(step=0, max_steps=10 ** 6, budget=None, config=SimpleNamespace(train=SimpleNamespace(max_steps=10 ** 6)))
+    first = None
+    while state.step < state.max_steps:
+        time.sleep(slow if state.step < 25 else fast)
+        state.step += 1
+        budget.after_step(state, None, None)
+        if state.step == 25:
+            first = state.max_steps
+    elapsed = time.time() - started
+    # the first decision (at the slow 0.06 s/step) alone: about 100 steps, done in about 2.6 s of the 6
+    assert 70 <= first <= 110
+    assert state.budget["decided_at_step"] == 25 and len(state.budget["revisions"]) == 1
+    revision = state.budget["revisions"][0]
+    assert revision["at_step"] == round(first * 0.5) and revision["measured_steps"] == revision["at_step"] - 25
+    assert state.max_steps == revision["steps"] > 1.5 * first and said.total == state.max_steps
+    assert 0.8 * minutes * 60 <= elapsed <= 1.15 * minutes * 60
+    assert any("revised at step" in m for m in said.messages)

@@ -139,36 +139,69 @@ class TimeBudget:
     """``train.time_budget_minutes``: the step time is measured over ``measure`` steps (after
     ``skip`` start-up steps), and ``state.max_steps`` set so that the whole schedule (warmup,
     cosine or steps) ends inside the budget, counted from the start of training, less a
-    ``margin`` for the final checkpoint, verification and export. Decided once (rank 0's figure,
-    for every rank); kept in checkpoints, so a resumed run keeps it."""
+    ``margin`` for the final checkpoint, verification and export. A machine whose first steps run
+    slow (a cold cache, a neighbour's job ending) would leave much of the budget unused, so the
+    decision is revised with the step time over the steps since the previous decision when
+    ``revise_at`` fractions of the decided steps are done: early enough that only the cosine's
+    tail moves, after the warmup. Rank 0's figure holds for every rank; kept in checkpoints, so a
+    resumed run keeps it (and revises no more: its timer did not see the earlier steps)."""
 
-    def __init__(self, minutes, started, start_step, logger, skip=5, measure=20, margin=0.05):
+    def __init__(self, minutes, started, start_step, logger, skip=5, measure=20, margin=0.05,
+                 revise_at=(0.1, 0.25)):
         self.minutes, self.started, self.logger = minutes, started, logger
-        self.skip, self.measure, self.margin = skip, measure, margin
-        self.first, self.timer = start_step, None
+        self.skip, self.measure, self.margin, self.revise_at = skip, measure, margin, revise_at
+        self.first, self.timer, self.timer_step = start_step, None, None
 
     def wants_prediction(self, state, step):
         return False
 
+    def _steps_in_budget(self, state, step_s):
+        left = self.minutes * 60 * (1 - self.margin) - (time.time() - self.started)
+        return state.step + max(int(left // step_s), 0)
+
     def after_step(self, state, batches, last):
         if state.budget is not None:
+            if state.step in state.budget.get("revise_at_steps", ()):
+                self._revise(state)
             return
         done = state.step - self.first
         if done == self.skip:
-            self.timer = time.time()
+            self.timer, self.timer_step = time.time(), state.step
         if done != self.skip + self.measure or self.timer is None:
             return
         now = time.time()
         step_s = (now - self.timer) / self.measure
-        left = self.minutes * 60 * (1 - self.margin) - (now - self.started)
-        steps = dist.broadcast_object(state.step + max(int(left // step_s), 0), name="time.budget")
+        self.timer, self.timer_step = now, state.step  # a revision measures from here
+        steps = dist.broadcast_object(self._steps_in_budget(state, step_s), name="time.budget")
         state.max_steps = max(steps, state.step)
+        revise = sorted({round(state.max_steps * f) for f in self.revise_at} - {0})
         state.budget = {"minutes": self.minutes, "step_s": round(step_s, 4), "measured_steps": self.measure,
-                        "decided_at_step": state.step, "steps": state.max_steps}
+                        "decided_at_step": state.step, "steps": state.max_steps,
+                        "revise_at_steps": [s for s in revise if s > state.step], "revisions": []}
         self.logger.set_total(state.max_steps)
         self.logger.message(f"time budget {self.minutes:g} min: {step_s:.3f} s/step over {self.measure} steps "
                             f"-> {state.max_steps} steps in all (train.max_steps {state.config.train.max_steps} "
                             f"replaced; the schedule fits the budget)")
+
+    def _revise(self, state):
+        # every rank reaches this step (the revision steps travel with the state); one without the
+        # timer (resumed, or joined an elastic job) offers None, and rank 0's answer holds for all
+        now = time.time()
+        measured = state.step - self.timer_step if self.timer is not None else 0
+        step_s = (now - self.timer) / measured if measured > 0 else None
+        offer = (self._steps_in_budget(state, step_s), round(step_s, 4)) if step_s else None
+        decided = dist.broadcast_object(offer, name=f"time.budget.revise.{state.step}")
+        self.timer, self.timer_step = now, state.step  # the next revision measures from here
+        if decided is None:
+            return
+        steps, step_s = decided
+        before, state.max_steps = state.max_steps, max(steps, state.step)
+        state.budget = dict(state.budget, steps=state.max_steps, step_s=step_s, revisions=state.budget["revisions"] +
+                            [{"at_step": state.step, "step_s": step_s, "measured_steps": measured,
+                              "steps": state.max_steps}])
+        self.logger.set_total(state.max_steps)
+        self.logger.message(f"time budget {self.minutes:g} min revised at step {state.step}: {step_s:.3f} s/step "
+                            f"over {measured} steps -> {state.max_steps} steps in all (was {before})")
 
 
 class LogProgress:
