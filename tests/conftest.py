@@ -52,11 +52,25 @@ def run_horovod(args, np=2, timeout=300, env=None):
     return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def horovod_failure(proc, lines=25):
+    """What a failed horovodrun said: each rank's last ``lines`` lines (horovodrun prefixes them
+    ``[r]<stdout>:`` / ``[r]<stderr>:``, and a plain tail would show only the rank that printed
+    last, not the one that died first), then the launcher's own last lines."""
+    ranks, launcher = {}, []
+    for line in (proc.stdout + "\n" + proc.stderr).splitlines():
+        if line.startswith("[") and "]<std" in line[:16]:
+            ranks.setdefault(line[1:line.index("]")], []).append(line)
+        elif line.strip():
+            launcher.append(line)
+    parts = [f"exit {proc.returncode}"] + ["\n".join(ranks[r][-lines:]) for r in sorted(ranks)]
+    return "\n".join(parts + launcher[-lines:])
+
+
 def run_worker_ranks(worker, out_dir, num_ranks, timeout=90):
     """Run tests/workers/WORKER under a real horovodrun (``num_ranks`` processes); each rank saves
     OUT.rank{r}.npz; returns the per-rank dicts of arrays."""
     import numpy as np
     out = os.path.join(str(out_dir), "result")
     proc = run_horovod([os.path.join(ROOT, "tests", "workers", worker), out], np=num_ranks, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, horovod_failure(proc)
     return [dict(np.load("%s.rank%d.npz" % (out, r))) for r in range(num_ranks)]

@@ -11,7 +11,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "workers"))
 
-from conftest import ROOT, run_horovod  # noqa: E402
+from conftest import ROOT, horovod_failure, run_horovod  # noqa: E402
 from eval_tiny_net import build_tiny_net, random_faces  # noqa: E402
 from recognition.data.binfile import load_bin, write_bin  # noqa: E402
 from recognition.data.record import encode_jpeg  # noqa: E402
@@ -24,7 +24,7 @@ def test_distributed_evaluate_equals_single_process(tmp_path):
     out = str(tmp_path / "result.json")
     proc = run_horovod([os.path.join(HERE, "workers", "eval_worker.py"), out, str(NUM_PAIRS), str(NUM_ODD)],
                        timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, horovod_failure(proc)
     ranks = []
     for r in range(2):
         with open(f"{out}.rank{r}") as f:
@@ -63,7 +63,7 @@ def test_verify_tool_under_horovodrun(tmp_path):
     args = [os.path.join(ROOT, "tools", "verify.py"), "--model", str(tmp_path / "tiny"),
             "--bin", str(tmp_path / "t.bin"), "--json", "--batch-size", "4", "--nfolds", "5", "--no-progress"]
     proc = run_horovod(args, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, horovod_failure(proc)
     # horovodrun prefixes each line with "[RANK]<stdout>:"
     printed = [re.match(r"^\[(\d+)\]<stdout>:(.*)$", line) for line in proc.stdout.splitlines()]
     printed = [(m.group(1), m.group(2)) for m in printed if m and m.group(2).strip()]

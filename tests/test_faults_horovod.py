@@ -9,7 +9,7 @@ import os
 import time
 
 
-from conftest import ROOT, run_horovod
+from conftest import ROOT, horovod_failure, run_horovod
 from test_faults import state_steps, train_args, write_tiny_config
 
 WORKER = os.path.join(ROOT, "tests", "workers", "fault_worker.py")
@@ -32,7 +32,7 @@ def test_dead_worker_ends_the_job_and_resume_auto_finishes_it(sample_rec, tmp_pa
     assert kept and kept[-1] < 10 and not (out / "results.json").exists()
 
     resumed = run_horovod([WORKER, "-1", str(marker), "--resume", "auto"] + args, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, horovod_failure(resumed)
     assert f"resumed from {out}/checkpoints/step-{kept[-1]:08d} at step {kept[-1]}" in resumed.stdout + resumed.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["start_step"] == kept[-1] and results["steps"] == 10

@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "workers"))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from conftest import ROOT, SAMPLE, run_horovod  # noqa: E402
+from conftest import ROOT, SAMPLE, horovod_failure, run_horovod  # noqa: E402
 from recognition.data.align import align_face, read_landmarks  # noqa: E402
 from recognition.evaluation.ijb import (TemplateAggregator, identification_report, ijb_paths,  # noqa: E402
                                         pair_scores, roc, tar_at_far, verification_report)
@@ -443,7 +443,7 @@ def test_eval_ijb_under_horovodrun(ijb, model, single_run):
     args = [os.path.join(ROOT, "tools", "eval_ijb.py"), "--model", model[1], "--root", root, "--json",
             "--chunk", "24", "--batch-size", "16", "--no-progress"]
     proc = run_horovod(args, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, horovod_failure(proc)
     printed = [re.match(r"^\[(\d+)\]<stdout>:(.*)$", line) for line in proc.stdout.splitlines()]
     printed = [(m.group(1), m.group(2)) for m in printed if m and m.group(2).strip()]
     assert [rank for rank, _ in printed] == ["0"], proc.stdout

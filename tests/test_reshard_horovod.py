@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mxnet import autograd
 
-from conftest import ROOT, run_horovod
+from conftest import ROOT, horovod_failure, run_horovod
 sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 from reshard_worker import LR, MOMENTUM, WD, fixed_batch  # noqa: E402
 from recognition.data.record import RecordDataset
@@ -57,10 +57,10 @@ def _write_then_reshard(sample_rec, tmp_path, written_by, read_by, extra):
     out = tmp_path / "run"
     overrides = [f"data.root={sample_rec}", f"output.dir={out}"] + TINY + extra
     first = run_horovod([TRAIN_WORKER, str(tmp_path)] + overrides, np=written_by, timeout=300)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.returncode == 0, horovod_failure(first)
     result = str(tmp_path / "resharded")
     second = run_horovod([RESHARD_WORKER, result] + overrides, np=read_by, timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.returncode == 0, horovod_failure(second)
     return out / "checkpoints" / "step-00000002", [dict(np.load(f"{result}.rank{r}.npz")) for r in range(read_by)]
 
 

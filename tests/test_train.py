@@ -6,7 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_horovod
+from conftest import ROOT, horovod_failure, run_horovod
 from recognition.engine import checkpoint
 from recognition.engine.config import ConfigError, load_config
 from recognition.engine.trainer import train
@@ -27,7 +27,7 @@ def test_horovodrun_two_workers_hold_identical_parameters(sample_rec, tmp_path):
     out = tmp_path / "run"
     result = run_horovod([os.path.join(ROOT, "tests", "workers", "train_worker.py"), str(tmp_path)]
                          + _overrides(sample_rec, out, 4, ["output.checkpoint_every=2"]), timeout=420)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, horovod_failure(result)
     assert "rank 0 of 2 done" in result.stdout and "rank 1 of 2 done" in result.stdout
     for part in ("net", "head"):
         rank0, rank1 = _params(tmp_path / f"{part}-rank0.params"), _params(tmp_path / f"{part}-rank1.params")
@@ -98,7 +98,7 @@ def test_horovodrun_sharded_partial_fc_checkpoint_and_resume(sample_rec, tmp_pat
     sharded = ["loss.sharded=true", "loss.sample_ratio=0.5", "output.checkpoint_every=2"]
     worker = os.path.join(ROOT, "tests", "workers", "train_worker.py")
     first = run_horovod([worker, str(tmp_path)] + _overrides(sample_rec, out, 2, sharded), timeout=420)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.returncode == 0, horovod_failure(first)
     state = out / "checkpoints" / "step-00000002"
     blocks = [_params(state / checkpoint.BLOCK_FILE.format(r)) for r in (0, 1)]
     assert [b["weight"].shape[0] for b in blocks] == [10, 10]  # the fixture's 20 identities, 10 per rank
@@ -110,7 +110,7 @@ def test_horovodrun_sharded_partial_fc_checkpoint_and_resume(sample_rec, tmp_pat
         live = saved_block[r]
         np.testing.assert_array_equal(blocks[r]["weight"], next(v for k, v in live.items() if k.endswith("weight")))
     resumed = run_horovod([worker, str(tmp_path), "--resume"] + _overrides(sample_rec, out, 4, sharded), timeout=420)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, horovod_failure(resumed)
     assert "resumed from" in resumed.stdout + resumed.stderr
     # the classifier blocks moved on from the saved ones, and the network stayed identical on both ranks
     after = [_params(tmp_path / f"head-rank{r}.params") for r in (0, 1)]
