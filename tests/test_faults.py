@@ -347,6 +347,36 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(sample_rec, tiny_confi
     assert state_steps(out) == [2, 4]
 
 
+class _RunsCommand:
+    """Unpickling this calls os.system: what a hostile trainer.states would hold."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_hostile_trainer_states_are_refused_before_they_run(sample_rec, tiny_config, tmp_path):
+    import pickle
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    first = run_tool("train.py", train_args(tiny_config, sample_rec, out, 2, "output.checkpoint_every=2"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    states = out / "checkpoints" / "step-00000002" / "trainer.states"
+    # what the run wrote passes the restricted unpickler (MXNet's NDArrays and its SGD only)
+    from recognition.engine.checkpoint import _trainer_state_globals
+    from recognition.data.safe_pickle import safe_load
+    assert isinstance(safe_load(str(states), allowed=_trainer_state_globals()), tuple)
+    states.write_bytes(pickle.dumps(({0: _RunsCommand(f"touch {marker}")}, None)))
+    resumed = run_tool("train.py", train_args(tiny_config, sample_rec, out, 4, "output.checkpoint_every=2")
+                       + ["--resume", "auto"])
+    assert resumed.returncode != 0
+    lines = error_lines(resumed.stderr)
+    assert lines and str(states) in lines[-1] and "refused to load" in lines[-1] and "system" in lines[-1], lines[-3:]
+    assert not marker.exists()
+    assert state_steps(out) == [2]  # nothing new written, the checkpoint kept as it was
+
+
 def test_kill_9_then_resume_auto_equals_uninterrupted_run(sample_rec, tiny_config, tmp_path):
     """Deterministic single-process run killed with SIGKILL right after its first checkpoint; a
     half-written newer state (.tmp) and one without meta.json are planted; --resume auto must pick

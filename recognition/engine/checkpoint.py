@@ -8,6 +8,11 @@ suffix is never picked up. A sharded classifier adds its blocks as ``head-block-
 while saving (disk full, ...) removes the partial folder, keeps the previous checkpoints and is
 reported, never raised into the training loop.
 
+``trainer.states`` is MXNet's pickle of the optimizer and its state. A pickle is a program, and a
+checkpoint may come from elsewhere (a colleague's run, a download), so it is read with the
+restricted unpickler first (recognition.data.safe_pickle): only NDArrays and MXNet's own optimizer
+classes may be named, anything else is refused before it runs.
+
 The exported model is ``PREFIX-symbol.json`` + ``PREFIX-NNNN.params`` (arg:/aux: names), loadable
 with ``mx.gluon.SymbolBlock.imports`` or insightface's ``mx.model.load_checkpoint``.
 """
@@ -19,10 +24,28 @@ import shutil
 import mxnet as mx
 
 from recognition.data.record import error_line
+from recognition.data.safe_pickle import ALLOWED_GLOBALS, UnsafePickleError, safe_load
 from recognition.fileio import fsync_dir
 
 STATE_PATTERN = re.compile(r"^step-(\d{8})$")
 BLOCK_FILE = "head-block-{:04d}.params"  # a sharded classifier's block k (recognition.engine.shards)
+
+
+def _trainer_state_globals():
+    """What ``Trainer.save_states`` pickles may name: NDArrays (rebuilt from their bytes), the
+    optimizer classes MXNet registers (their state is a plain dict) and the data-file allow-list."""
+    allowed = dict(ALLOWED_GLOBALS)
+    allowed[("mxnet.ndarray.ndarray", "NDArray")] = lambda: mx.nd.NDArray
+    for cls in set(mx.optimizer.Optimizer.opt_registry.values()):
+        allowed[(cls.__module__, cls.__name__)] = lambda cls=cls: cls
+    return allowed
+
+
+def load_trainer_states(trainer, path):
+    """``trainer.load_states(path)`` once the restricted unpickler has read the file through
+    (UnsafePickleError, a ValueError naming the file and the global, if it names anything else)."""
+    safe_load(path, allowed=_trainer_state_globals())
+    trainer.load_states(path)  # the file passed: MXNet applies it as it always does
 
 
 def _fsync_tree(folder):
@@ -135,7 +158,7 @@ def load_state(folder, net, head, trainer, head_params=None):
     load_head = head.load_parameters if head_params is None else \
         (lambda path: head_params.load(path) if list(head_params.keys()) else None)
     for name, load in (("net.params", net.load_parameters), ("head.params", load_head),
-                       ("trainer.states", trainer.load_states)):
+                       ("trainer.states", lambda path: load_trainer_states(trainer, path))):
         _load(os.path.join(folder, name), load)
     return meta
 
@@ -143,6 +166,8 @@ def load_state(folder, net, head, trainer, head_params=None):
 def _load(path, load):
     try:
         load(path)
+    except UnsafePickleError:
+        raise  # its message names the file and the refused global already
     except Exception as err:  # MXNetError, Gluon's AssertionError on names/shapes, pickle errors
         raise ValueError(f"{path}: cannot be loaded ({error_line(err)})") from None
 

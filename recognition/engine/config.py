@@ -115,7 +115,7 @@ class Config:
 CHOICES = {
     "data.sampler": ("random", "pk"),
     "data.small_identities": ("replace", "skip"),
-    "optimizer.name": ("sgd", "nag", "adam", "adamw"),
+    "optimizer.name": ("sgd", "nag", "adam"),  # MXNet 1.9 has no adamw
     "optimizer.schedule": ("cosine", "step", "constant"),
     "verification.flip": ("sum", "concat", "none"),
     "train.precision": ("float32", "bfloat16", "float16"),
