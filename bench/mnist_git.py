@@ -254,11 +254,13 @@ def save_checkpoint(folder, net, head, trainer, state):
 
 
 def load_checkpoint(folder, net, head, trainer):
+    # both pickles through the restricted unpickler, as every pickle the project reads
+    from recognition.data.safe_pickle import safe_load
+    from recognition.engine.checkpoint import load_trainer_states
     net.load_parameters(os.path.join(folder, "net.params"))
     head.load_parameters(os.path.join(folder, "head.params"))
-    trainer.load_states(os.path.join(folder, "trainer.states"))
-    with open(os.path.join(folder, "state.pkl"), "rb") as f:
-        return pickle.load(f)
+    load_trainer_states(trainer, os.path.join(folder, "trainer.states"))
+    return safe_load(os.path.join(folder, "state.pkl"))
 
 
 def train_run(mx, args, train, test, lambda_c, lambda_g, seed, progress, key=None, on_eval=None):
