@@ -112,7 +112,8 @@ def low_precision_network(net, dtype="bfloat16", ctx=None):
     ctx = ctx or mx.cpu()
     if dtype == "bfloat16" and not (ctx.device_type == "cpu" and bfloat16_supported()):
         raise RuntimeError("bfloat16 needs MXNet's MKL-DNN bfloat16 kernels on the CPU (an AVX-512 CPU); "
-                           f"this {'machine' if ctx.device_type == 'cpu' else 'GPU context'} cannot run them")
+                           f"this {'machine' if ctx.device_type == 'cpu' else 'GPU context'} cannot run them "
+                           "(train.precision=float32 runs anywhere)")
     if dtype == "float16" and ctx.device_type != "gpu":
         raise RuntimeError("float16 needs a GPU (mxnet-cu112): MXNet has no float16 matrix product on the CPU")
     data = mx.sym.var("data")
