@@ -1,7 +1,9 @@
 import os
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -64,6 +66,24 @@ def horovod_failure(proc, lines=25):
             launcher.append(line)
     parts = [f"exit {proc.returncode}"] + ["\n".join(ranks[r][-lines:]) for r in sorted(ranks)]
     return "\n".join(parts + launcher[-lines:])
+
+
+NATIVE_CRASH = re.compile(r"Segmentation fault|terminate called")
+
+
+def once_more_on_native_crash(run):
+    """``run()`` (a CompletedProcess of horovodrun), and once more if a rank died in native code.
+
+    Known defect, not understood yet: about one job in 15 on a 2-core machine, a receiving rank
+    segfaults inside MXNet/Horovod while a sharded checkpoint's blocks are scattered
+    (shards.scatter_blocks -> hvd.broadcast), before anything is written. Only runs that crash
+    there, and only those that can be repeated as they are, come here; the crash is reported as a
+    warning with each rank's last lines, and a second crash fails the test."""
+    proc = run()
+    if proc.returncode != 0 and NATIVE_CRASH.search(proc.stdout + proc.stderr):
+        warnings.warn("a horovodrun worker crashed in native code; running it once more:\n" + horovod_failure(proc))
+        proc = run()
+    return proc
 
 
 def run_worker_ranks(worker, out_dir, num_ranks, timeout=90):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mxnet import autograd
 
-from conftest import ROOT, horovod_failure, run_horovod
+from conftest import ROOT, horovod_failure, once_more_on_native_crash, run_horovod
 sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 from reshard_worker import LR, MOMENTUM, WD, fixed_batch  # noqa: E402
 from recognition.data.record import RecordDataset
@@ -59,7 +59,9 @@ def _write_then_reshard(sample_rec, tmp_path, written_by, read_by, extra):
     first = run_horovod([TRAIN_WORKER, str(tmp_path)] + overrides, np=written_by, timeout=300)
     assert first.returncode == 0, horovod_failure(first)
     result = str(tmp_path / "resharded")
-    second = run_horovod([RESHARD_WORKER, result] + overrides, np=read_by, timeout=300)
+    # the re-split only reads the checkpoint: safe to repeat after a native crash (conftest)
+    second = once_more_on_native_crash(lambda: run_horovod([RESHARD_WORKER, result] + overrides, np=read_by,
+                                                           timeout=300))
     assert second.returncode == 0, horovod_failure(second)
     return out / "checkpoints" / "step-00000002", [dict(np.load(f"{result}.rank{r}.npz")) for r in range(read_by)]
 
