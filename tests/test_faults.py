@@ -377,6 +377,54 @@ def test_hostile_trainer_states_are_refused_before_they_run(sample_rec, tiny_con
     assert state_steps(out) == [2]  # nothing new written, the checkpoint kept as it was
 
 
+def test_trainer_states_load_as_mxnet_loads_them_without_the_unrestricted_unpickler(tmp_path, monkeypatch):
+    """load_trainer_states gives the trainer what Trainer.load_states gives it (momentum, update
+    counts, the next step), and never calls pickle.loads, the unpickler that runs anything."""
+    import pickle
+    from recognition.engine.checkpoint import load_trainer_states
+
+    def make():
+        net = mx.gluon.nn.Dense(3, in_units=4)
+        net.initialize(mx.init.Constant(0.5))
+        return net, mx.gluon.Trainer(net.collect_params(), "sgd",
+                                     {"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-3}, kvstore=None)
+
+    x = mx.nd.array(np.arange(8, dtype=np.float32).reshape(2, 4) / 8)
+
+    def step(net, trainer):
+        with mx.autograd.record():
+            loss = (net(x) ** 2).sum()
+        loss.backward()
+        trainer.step(2)
+
+    net, trainer = make()
+    for _ in range(3):
+        step(net, trainer)
+    path = str(tmp_path / "trainer.states")
+    trainer.save_states(path)
+    net.save_parameters(str(tmp_path / "net.params"))
+
+    by_mxnet, by_us = make(), make()
+    for model, _ in (by_mxnet, by_us):
+        model.load_parameters(str(tmp_path / "net.params"))
+    by_mxnet[1].load_states(path)
+    with monkeypatch.context() as patch:
+        def refuse(*args, **kwargs):
+            raise AssertionError("pickle.loads called")
+        patch.setattr(pickle, "loads", refuse)
+        load_trainer_states(by_us[1], path)
+    ours, theirs = by_us[1]._updaters[0], by_mxnet[1]._updaters[0]
+    assert sorted(ours.states) == sorted(theirs.states) and ours.states
+    for key in theirs.states:
+        np.testing.assert_array_equal(ours.states[key].asnumpy(), theirs.states[key].asnumpy())
+    assert ours.optimizer.num_update == theirs.optimizer.num_update == 3
+    assert by_us[1]._optimizer is ours.optimizer and by_us[1]._optimizer.param_dict[0] is by_us[1]._params[0]
+    for model, trainer_ in (by_mxnet, by_us):
+        step(model, trainer_)
+    np.testing.assert_array_equal(by_us[0].weight.data().asnumpy(), by_mxnet[0].weight.data().asnumpy())
+    assert not np.array_equal(by_us[0].weight.data().asnumpy(), net.weight.data().asnumpy())
+
+
 def test_kill_9_then_resume_auto_equals_uninterrupted_run(sample_rec, tiny_config, tmp_path):
     """Deterministic single-process run killed with SIGKILL right after its first checkpoint; a
     half-written newer state (.tmp) and one without meta.json are planted; --resume auto must pick

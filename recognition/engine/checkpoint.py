@@ -10,7 +10,7 @@ reported, never raised into the training loop.
 
 ``trainer.states`` is MXNet's pickle of the optimizer and its state. A pickle is a program, and a
 checkpoint may come from elsewhere (a colleague's run, a download), so it is read with the
-restricted unpickler first (recognition.data.safe_pickle): only NDArrays and MXNet's own optimizer
+restricted unpickler only (recognition.data.safe_pickle): only NDArrays and MXNet's own optimizer
 classes may be named, anything else is refused before it runs.
 
 The exported model is ``PREFIX-symbol.json`` + ``PREFIX-NNNN.params`` (arg:/aux: names), loadable
@@ -24,7 +24,7 @@ import shutil
 import mxnet as mx
 
 from recognition.data.record import error_line
-from recognition.data.safe_pickle import ALLOWED_GLOBALS, UnsafePickleError, safe_load
+from recognition.data.safe_pickle import ALLOWED_GLOBALS, UnsafePickleError, safe_loads
 from recognition.fileio import fsync_dir
 
 STATE_PATTERN = re.compile(r"^step-(\d{8})$")
@@ -42,10 +42,31 @@ def _trainer_state_globals():
 
 
 def load_trainer_states(trainer, path):
-    """``trainer.load_states(path)`` once the restricted unpickler has read the file through
-    (UnsafePickleError, a ValueError naming the file and the global, if it names anything else)."""
-    safe_load(path, allowed=_trainer_state_globals())
-    trainer.load_states(path)  # the file passed: MXNet applies it as it always does
+    """What ``trainer.load_states(path)`` does, with the file unpickled by the restricted unpickler
+    only (UnsafePickleError, a ValueError naming the file and the global, if it names anything else).
+
+    MXNet's ``load_states`` would unpickle the file again with ``pickle.loads``; here the bytes are
+    read once and every updater gets its own restricted unpickling of them (one per device, as
+    ``Updater.set_states`` gives), so nothing but the allow-list ever runs."""
+    with open(path, "rb") as f:
+        data = f.read()
+    allowed = _trainer_state_globals()
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    if trainer._update_on_kvstore:  # our trainers never use a kvstore (recognition.distributed)
+        raise ValueError(f"{path}: cannot be loaded into a trainer that updates on a kvstore")
+    for updater in trainer._updaters:
+        states = safe_loads(data, source=path, allowed=allowed)
+        if isinstance(states, tuple) and len(states) == 2:  # saved with the optimizer
+            updater.states, updater.optimizer = states
+        else:
+            updater.states = states
+        updater.states_synced = dict.fromkeys(updater.states.keys(), False)
+        updater.optimizer = trainer._updaters[0].optimizer
+    trainer._optimizer = trainer._updaters[0].optimizer
+    trainer._optimizer.param_dict = dict(enumerate(trainer._params))
 
 
 def _fsync_tree(folder):
