@@ -6,6 +6,7 @@ code runs single-process. ``init()`` picks Horovod when it is importable and the
 started by ``horovodrun`` (or when ``force=True``).
 """
 import os
+import pickle
 import socket
 
 import mxnet as mx
@@ -106,10 +107,23 @@ def trainer_states(trainer):
     return trainer._updaters[0].get_states(dump_optimizer=True)
 
 
-def set_trainer_states(trainer, data):
-    """Apply ``trainer_states`` bytes as ``Trainer.load_states`` applies a file's."""
+def set_trainer_states(trainer, data, loads=pickle.loads, source="trainer states"):
+    """Apply ``trainer_states`` bytes as ``Trainer.load_states`` applies a file's. ``loads``
+    unpickles them, once per updater (each device keeps arrays of its own, as
+    ``Updater.set_states`` gives); a file from elsewhere passes the restricted unpickler here."""
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    if trainer._update_on_kvstore:  # never ours (make_trainer): the kvstore would keep the state
+        raise ValueError(f"{source}: cannot be loaded into a trainer that updates on a kvstore")
     for updater in trainer._updaters:
-        updater.set_states(data)
+        states = loads(data)
+        if isinstance(states, tuple) and len(states) == 2:  # saved with the optimizer
+            updater.states, updater.optimizer = states
+        else:
+            updater.states = states
+        updater.states_synced = dict.fromkeys(updater.states.keys(), False)
         updater.optimizer = trainer._updaters[0].optimizer
     trainer._optimizer = trainer._updaters[0].optimizer
     trainer._optimizer.param_dict = dict(enumerate(trainer._params))

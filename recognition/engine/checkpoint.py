@@ -27,6 +27,8 @@ from recognition.data.record import error_line
 from recognition.data.safe_pickle import ALLOWED_GLOBALS, UnsafePickleError, safe_loads
 from recognition.fileio import fsync_dir
 
+from .. import distributed as dist
+
 STATE_PATTERN = re.compile(r"^step-(\d{8})$")
 BLOCK_FILE = "head-block-{:04d}.params"  # a sharded classifier's block k (recognition.engine.shards)
 
@@ -43,30 +45,13 @@ def _trainer_state_globals():
 
 def load_trainer_states(trainer, path):
     """What ``trainer.load_states(path)`` does, with the file unpickled by the restricted unpickler
-    only (UnsafePickleError, a ValueError naming the file and the global, if it names anything else).
-
-    MXNet's ``load_states`` would unpickle the file again with ``pickle.loads``; here the bytes are
-    read once and every updater gets its own restricted unpickling of them (one per device, as
-    ``Updater.set_states`` gives), so nothing but the allow-list ever runs."""
+    only (UnsafePickleError, a ValueError naming the file and the global, if it names anything else):
+    MXNet's ``load_states`` would unpickle it with ``pickle.loads``."""
     with open(path, "rb") as f:
         data = f.read()
     allowed = _trainer_state_globals()
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
-    if trainer._update_on_kvstore:  # our trainers never use a kvstore (recognition.distributed)
-        raise ValueError(f"{path}: cannot be loaded into a trainer that updates on a kvstore")
-    for updater in trainer._updaters:
-        states = safe_loads(data, source=path, allowed=allowed)
-        if isinstance(states, tuple) and len(states) == 2:  # saved with the optimizer
-            updater.states, updater.optimizer = states
-        else:
-            updater.states = states
-        updater.states_synced = dict.fromkeys(updater.states.keys(), False)
-        updater.optimizer = trainer._updaters[0].optimizer
-    trainer._optimizer = trainer._updaters[0].optimizer
-    trainer._optimizer.param_dict = dict(enumerate(trainer._params))
+    dist.set_trainer_states(trainer, data, source=path,
+                            loads=lambda data: safe_loads(data, source=path, allowed=allowed))
 
 
 def _fsync_tree(folder):
