@@ -95,6 +95,18 @@ def test_strict_stops_with_one_line_and_writes_nothing(damaged_source, tmp_path,
     assert not (tmp_path / "rec").exists() or os.listdir(tmp_path / "rec") == []
 
 
+@pytest.mark.parametrize("tool,option", [("pack_rec.py", ["--quality", "0"]), ("pack_rec.py", ["--image-size", "4"]),
+                                         ("make_bin.py", ["--quality", "101"]), ("make_bin.py", ["--image-size", "4"])])
+def test_out_of_range_options_stop_with_one_line_before_reading_anything(damaged_source, tmp_path, tool, option):
+    src, _, _ = damaged_source
+    args = ([src, tmp_path / "out"] if tool == "pack_rec.py" else ["--pairs", tmp_path / "pairs.txt", "--images", src, "--out", tmp_path / "out.bin"])
+    result = run_tool(tool, args + option)
+    assert result.returncode != 0
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(tool[:-3] + ": " + option[0]), result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.bin").exists()
+
+
 def _digest(folder):
     return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest() for name in OUTPUTS}
 

@@ -34,6 +34,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if not 1 <= args.quality <= 100:
         sys.exit(f"pack_rec: --quality must be 1..100, got {args.quality}")
+    if args.image_size < 8:
+        sys.exit(f"pack_rec: --image-size must be at least 8, got {args.image_size}")
     if args.landmarks and not os.path.isfile(args.landmarks):
         sys.exit(f"pack_rec: {args.landmarks}: landmarks file not found")
     try:
