@@ -99,7 +99,10 @@ def test_strict_stops_with_one_line_and_writes_nothing(damaged_source, tmp_path,
                                          ("make_bin.py", ["--quality", "101"]), ("make_bin.py", ["--image-size", "4"])])
 def test_out_of_range_options_stop_with_one_line_before_reading_anything(damaged_source, tmp_path, tool, option):
     src, _, _ = damaged_source
-    args = ([src, tmp_path / "out"] if tool == "pack_rec.py" else ["--pairs", tmp_path / "pairs.txt", "--images", src, "--out", tmp_path / "out.bin"])
+    if tool == "pack_rec.py":
+        args = [src, tmp_path / "out"]
+    else:  # the pairs file does not exist: the range check must come first
+        args = ["--pairs", tmp_path / "pairs.txt", "--images", src, "--out", tmp_path / "out.bin"]
     result = run_tool(tool, args + option)
     assert result.returncode != 0
     lines = error_lines(result.stderr)
