@@ -210,8 +210,8 @@ def lose_host(hosts, fault, run, steps=30, checkpoint_every=3):
     resumed = hosts.horovodrun(args + ["--resume", "auto"], env=ENV, timeout=400)
     results_path = _on_host(hosts, 0, run, "results.json")
     return {"returncode": launcher.returncode, "ended_s": ended - hit, "gone_s": gone - hit, "left": left,
-            "last_line": survivor[-1], "kept": kept, "checkpoint": f"{hosts.disk}/{run}/checkpoints/step-{kept[-1]:08d}"
-            if kept else None, "resumed": resumed, "steps": steps,
+            "last_line": survivor[-1], "said": said, "kept": kept,
+            "checkpoint": f"{hosts.disk}/{run}/checkpoints/step-{kept[-1]:08d}" if kept else None, "resumed": resumed, "steps": steps,
             "results": json.loads(open(results_path).read()) if os.path.exists(results_path) else {},
             "tmp_left": [n for n in os.listdir(_on_host(hosts, 0, run, "checkpoints")) if n.endswith(".tmp")],
             "host1_written": os.path.exists(_on_host(hosts, 1, run))}
@@ -224,7 +224,8 @@ def test_losing_a_host_ends_the_job_and_resume_auto_completes_it(hosts, fault):
     assert seen["ended_s"] < LOST_BOUND_S and seen["gone_s"] < LOST_BOUND_S, seen
     assert seen["left"] == {0: [], 1: []}, f"left running: {seen['left']}"
     last = seen["last_line"]  # rank 0 survived (host 0); its last line, before horovodrun's report
-    assert "a worker was lost" in last and "last complete checkpoint" in last and "--resume auto" in last, last
+    assert "a worker was lost" in last and "last complete checkpoint" in last and "--resume auto" in last, \
+        seen["said"][-4000:]
     assert seen["checkpoint"] and seen["checkpoint"] in last, last
     assert seen["resumed"].returncode == 0, horovod_failure(seen["resumed"])
     assert seen["results"]["start_step"] == seen["kept"][-1] and seen["results"]["steps"] == seen["steps"]

@@ -171,6 +171,21 @@ def add_detector_args(parser, title="face detection (MTCNN), with --detect"):
     return group
 
 
+def add_crop_args(parser):
+    """The aligned crop's options (shared with pack_rec and make_bin); check with :func:`crop_args_problem`."""
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95, as insightface)")
+    parser.add_argument("--image-size", type=int, default=112, help="side of the aligned face crop (default 112)")
+
+
+def crop_args_problem(args):
+    """What is wrong with the options of :func:`add_crop_args`, in one line, or None."""
+    if not 1 <= args.quality <= 100:
+        return f"--quality must be 1..100, got {args.quality}"
+    if args.image_size < 8:
+        return f"--image-size must be at least 8, got {args.image_size}"
+    return None
+
+
 def detector_options(args):
     """FaceDetector keyword arguments from the options of :func:`add_detector_args` (one
     intra-op thread: deterministic, and parallelism comes from --workers)."""

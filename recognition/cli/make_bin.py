@@ -18,7 +18,7 @@ import sys
 
 import cv2
 
-from recognition.cli.detect import add_detector_args, detector_options
+from recognition.cli.detect import add_crop_args, add_detector_args, crop_args_problem, detector_options
 from recognition.data.align import align_face, read_landmarks, to_size
 from recognition.data.binfile import write_bin
 from recognition.data.record import encode_jpeg
@@ -205,8 +205,7 @@ def build_parser():
     points.add_argument("--detect", action="store_true",
                         help="detect the five points (MTCNN) instead of a landmarks file, then align the same way")
     parser.add_argument("--out", required=True, metavar="FILE.bin", help="output .bin")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    parser.add_argument("--image-size", type=int, default=112, help="face size (default 112)")
+    add_crop_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_detector_args(parser)
     return parser
@@ -214,10 +213,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not 1 <= args.quality <= 100:
-        sys.exit(f"make_bin: --quality must be 1..100, got {args.quality}")
-    if args.image_size < 8:
-        sys.exit(f"make_bin: --image-size must be at least 8, got {args.image_size}")
+    if crop_args_problem(args):
+        sys.exit(f"make_bin: {crop_args_problem(args)}")
     image_dir = args.images or args.cfp
     if image_dir is None:
         sys.exit("make_bin: --images DIR is required with --pairs")

@@ -3,7 +3,7 @@ import argparse
 import os
 import sys
 
-from recognition.cli.detect import add_detector_args, detector_options
+from recognition.cli.detect import add_crop_args, add_detector_args, crop_args_problem, detector_options
 from recognition.data.pack import PackError, pack
 
 
@@ -22,8 +22,7 @@ def build_parser():
                              "same way; images without a face are skipped (--strict: fail)")
     parser.add_argument("--min-images", type=int, default=1, help="drop identities with fewer images (default 1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel encoders (default: cores)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95, as insightface)")
-    parser.add_argument("--image-size", type=int, default=112, help="crop size (default 112)")
+    add_crop_args(parser)
     parser.add_argument("--strict", action="store_true", help="fail on the first bad image or line instead of skipping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_detector_args(parser)
@@ -32,10 +31,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not 1 <= args.quality <= 100:
-        sys.exit(f"pack_rec: --quality must be 1..100, got {args.quality}")
-    if args.image_size < 8:
-        sys.exit(f"pack_rec: --image-size must be at least 8, got {args.image_size}")
+    if crop_args_problem(args):
+        sys.exit(f"pack_rec: {crop_args_problem(args)}")
     if args.landmarks and not os.path.isfile(args.landmarks):
         sys.exit(f"pack_rec: {args.landmarks}: landmarks file not found")
     try:

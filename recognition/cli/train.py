@@ -44,10 +44,16 @@ def main(argv=None):
         print(json.dumps(to_dict(config), indent=1))
         return
     from recognition.data.record import RecordError
-    from recognition.engine.trainer import TrainingError, fail, train
+    from recognition.engine.trainer import TrainingError, WorkerLost, fail, train
     from recognition.data.dataset import TooManyBadRecords
     try:
         results = train(config, resume=args.resume, pretrained=args.pretrained)
+    except WorkerLost as err:
+        # Horovod is broken now and the interpreter's teardown (MXNet's engine, Horovod's threads)
+        # can take seconds, while horovodrun's SIGTERM is on its way: arriving after Python has
+        # restored the default handler it kills the process and the shell's 'Terminated' becomes
+        # the job's last line instead of this account. Our files are closed, so leave at once.
+        fail(str(err), at_once=True)
     except (RecordError, TrainingError, TooManyBadRecords, ValueError, OSError) as err:
         fail(str(err))
     from recognition import distributed as dist

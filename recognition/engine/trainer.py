@@ -652,8 +652,12 @@ def _train(config, resume, pretrained, log, return_model, progress, elastic_run)
     return (results, net, head) if return_model else results
 
 
-def fail(message):
-    """One clear line (one per problem) on stderr and a non-zero exit."""
+def fail(message, at_once=False):
+    """One clear line (one per problem) on stderr and a non-zero exit; ``at_once`` skips the
+    interpreter's teardown (for a process whose collectives are broken)."""
     for line in str(message).splitlines():
         print(f"train: {line}", file=sys.stderr, flush=True)
+    if at_once:
+        sys.stdout.flush()
+        os._exit(1)
     sys.exit(1)
