@@ -48,13 +48,15 @@ from recognition.fileio import write_text_atomic  # noqa: E402
 GOAL_CONFIG = os.path.join("configs", "lfw_devtrain.yaml")
 
 
-def variant(name, change, overrides=(), split=None, config=None, start_from=None):
+def variant(name, change, overrides=(), split=None, config=None, start_from=None, same_as=None):
     """One row of a suite: ``overrides`` (``--set`` items) and ``split`` (changes of the split:
     ``min_train_images``, ``train_fraction``) on top of the suite's recipe; ``config`` instead of
     the suite's; ``start_from``: fine-tune the network of that variant's run with the same seed
-    (its classifier is not loaded)."""
+    (its classifier is not loaded); ``same_as``: the row of that name in that suite, which trains
+    the same thing (checked by :func:`check_shared_rows`): its runs are trained once, recorded
+    there and shown in both."""
     return {"name": name, "change": change, "overrides": list(overrides), "split": dict(split or {}),
-            "config": config, "start_from": start_from}
+            "config": config, "start_from": start_from, "same_as": same_as}
 
 
 PROXY = ["train.max_steps=600", "optimizer.warmup_steps=35", "verification.every=0",
@@ -65,7 +67,8 @@ EMB_256 = ["model.embedding_size=256"]
 JITTER_CUTOFF = ["data.color_jitter=0.125", "data.cutoff=32"]
 PHOTOMETRIC = ["data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]
 HEAD_SOFTMAX = ["loss.name=softmax", "loss.params={}"]
-SIXTY_MINUTES = ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0", "output.keep=1"]
+SIXTY_MINUTES = ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0", "output.keep=1",
+                 "train.log_every=100"]
 
 SUITES = {
     "ablations": {
@@ -105,7 +108,8 @@ SUITES = {
         "recipe": SIXTY_MINUTES,
         "seeds": [0, 1],
         "variants": [
-            variant("baseline", "all training people (3,738; singletons are classes)"),
+            variant("baseline", "all training people (3,738; singletons are classes): the runs of suite final's "
+                                "baseline", same_as="final"),
             variant("people_50", "50% of the training people", split={"train_fraction": 0.5}),
             variant("people_25", "25% of the training people", split={"train_fraction": 0.25}),
             variant("min2", "only people with >= 2 photos", split={"min_train_images": 2}),
@@ -116,7 +120,7 @@ SUITES = {
         "description": "the best changes of the ablations combined, at the 60-minute recipe "
                        "(configs/lfw_devtrain.yaml, train.time_budget_minutes=60); baseline: the config as it is",
         "config": GOAL_CONFIG,
-        "recipe": SIXTY_MINUTES + ["train.log_every=100"],
+        "recipe": SIXTY_MINUTES,
         "seeds": [0, 1],
         "variants": [
             variant("baseline", "configs/lfw_devtrain.yaml as it is"),
@@ -213,15 +217,41 @@ def results_dir(out_root, suite):
 
 
 def record_path(out_root, suite, name, seed):
-    return os.path.join(results_dir(out_root, suite), f"{name}_seed{seed}.json")
+    """Where the record of (``suite``'s row ``name``, ``seed``) is: a shared row's is in its home suite."""
+    v = next((v for v in SUITES[suite]["variants"] if v["name"] == name), None) if suite in SUITES else None
+    home = v["same_as"] if v and v["same_as"] else suite
+    return os.path.join(results_dir(out_root, home), f"{name}_seed{seed}.json")
 
 
 def read_records(out_root, suite):
+    """The records of ``suite``'s rows, those of shared rows (``same_as``) from their home suite."""
+    shared = {v["name"]: v["same_as"] for v in SUITES[suite]["variants"] if v["same_as"]} if suite in SUITES else {}
     records = []
-    for path in sorted(glob.glob(os.path.join(results_dir(out_root, suite), "*_seed*.json"))):
-        with open(path) as f:
-            records.append(json.load(f))
+    for home in [suite] + sorted(set(shared.values())):
+        for path in sorted(glob.glob(os.path.join(results_dir(out_root, home), "*_seed*.json"))):
+            with open(path) as f:
+                record = json.load(f)
+            if (home == suite and record["variant"] not in shared) or shared.get(record["variant"]) == home != suite:
+                records.append(record)
     return records
+
+
+def check_shared_rows():
+    """Each shared row (``same_as``) trains exactly what its home row trains: the same config,
+    recipe, overrides and split; else the records would be another recipe's."""
+    for name, suite in SUITES.items():
+        for v in suite["variants"]:
+            if not v["same_as"]:
+                continue
+            home = SUITES[v["same_as"]]
+            twin = next((h for h in home["variants"] if h["name"] == v["name"]), None)
+            same = twin is not None and not twin["same_as"] and \
+                (v["config"] or suite["config"]) == (twin["config"] or home["config"]) and \
+                suite["recipe"] + v["overrides"] == home["recipe"] + twin["overrides"] and \
+                {**suite.get("split", {}), **v["split"]} == {**home.get("split", {}), **twin["split"]} and \
+                v["start_from"] is None and twin["start_from"] is None
+            if not same:
+                raise SystemExit(f"suite {name}: row {v['name']} is not the same run as suite {v['same_as']}'s")
 
 
 def summarize(suite_name, suite, records):
@@ -363,7 +393,7 @@ def run_one(args, suite_name, variant_name, seed):
                   f"data.num_workers={args.workers}"] + run_overrides(suite, v, seed, args.set))
     common.log(f"suite {suite_name}: {variant_name} seed {seed} ({v['change']})")
     results, wall, config = common.run_training(config_path, overrides, pretrained=pretrained)
-    record = {"suite": suite_name, "variant": variant_name, "seed": seed, "change": v["change"],
+    record = {"suite": v["same_as"] or suite_name, "variant": variant_name, "seed": seed, "change": v["change"],
               "config": v["config"] or suite["config"], "start_from": v["start_from"], "overrides": run_overrides(suite, v, seed, args.set),
               "split": manifest, "environment": env, "final": common.verification_row(results),
               "steps": int(results.get("steps", config.train.max_steps)),
@@ -405,6 +435,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_shared_rows()
     suite = SUITES[args.suite]
     if args.run_one:
         return run_one(args, args.suite, args.run_one[0], int(args.run_one[1]))

@@ -75,3 +75,35 @@ def test_suite_writes_one_record_per_run_resumes_and_never_mixes_recipes(tmp_pat
     # another recipe into the same folder is refused, naming the record
     other = run_suite(tmp_path, "--only", "baseline", "--seeds", "0", "--set", "train.max_steps=3")
     assert other.returncode != 0 and "baseline_seed0.json: made with other overrides" in other.stderr
+
+
+def test_a_shared_row_is_trained_once_and_shown_in_both_suites(tmp_path):
+    suite.check_shared_rows()  # the real definitions: data_scaling's baseline is final's
+    tiny = ["--set", "train.time_budget_minutes=0", "train.max_steps=2", "data.batch_size=8", "train.precision=float32"]
+    argv = [sys.executable, os.path.join(REPO, "bench", "suite.py"), "--data", str(tmp_path / "no-such-folder"),
+            "--work-dir", str(tmp_path / "work"), "--out-root", str(tmp_path / "results"), "--seeds", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(argv + ["--suite", "data_scaling", "--only", "baseline"] + tiny,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    home = tmp_path / "results" / "suite_final"
+    assert sorted(p.name for p in home.iterdir()) == ["baseline_seed0.json"]  # recorded in its home suite
+    assert not (tmp_path / "results" / "suite_data_scaling").exists()
+    assert json.loads((home / "baseline_seed0.json").read_text())["suite"] == "final"
+
+    again = subprocess.run(argv + ["--suite", "final", "--only", "baseline"] + tiny,
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "0 runs to do" in again.stderr, again.stderr[-3000:]
+    shown = json.loads((tmp_path / "results" / "suite_data_scaling.json").read_text())
+    row = next(r for r in shown["rows"] if r["variant"] == "baseline")
+    assert row["seeds"] == [0] and row["accuracy_mean"] == \
+        json.loads((home / "baseline_seed0.json").read_text())["final"]["accuracy"]
+
+    mismatched = dict(suite.SUITES["data_scaling"], recipe=suite.SUITES["data_scaling"]["recipe"] + ["data.blur=0.2"])
+    original = suite.SUITES["data_scaling"]
+    suite.SUITES["data_scaling"] = mismatched
+    try:
+        with pytest.raises(SystemExit, match="baseline is not the same run as suite final's"):
+            suite.check_shared_rows()
+    finally:
+        suite.SUITES["data_scaling"] = original
