@@ -20,10 +20,14 @@ B, C, D = 7, 5, 6
 
 
 # ---------------------------------------------------------------- NumPy references (float64)
-def np_ce(logits, y):
+def np_ce(logits, y, eps=0.0):
+    """Cross-entropy against the target (1 - eps) one-hot + eps / C (eps = 0: -log p_y)."""
     top = logits.max(axis=1, keepdims=True)
     lse = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
-    return lse - logits[np.arange(len(y)), y]
+    log_p = logits - lse[:, None]
+    target = np.full(logits.shape, eps / logits.shape[1])
+    target[np.arange(len(y)), y] += 1.0 - eps
+    return -(target * log_p).sum(axis=1)
 
 
 def np_unit(a):
@@ -34,12 +38,12 @@ def np_cos(x, w):
     return np_unit(x) @ np_unit(w).T
 
 
-def ref_softmax(x, y, w, b=None, **_):
+def ref_softmax(x, y, w, b=None, eps=0.0, **_):
     logits = x @ w.T + (0 if b is None else b)
-    return np_ce(logits, y)
+    return np_ce(logits, y, eps)
 
 
-def ref_margin(x, y, w, s, m1, m2, m3, **_):
+def ref_margin(x, y, w, s, m1, m2, m3, eps=0.0, **_):
     """Target logit cos(m1 theta + m2) - m3; past pi (m1 theta + m2 > pi) the documented
     insightface fallback cos(theta) - m3 - ((m1 - 1) theta_t + m2) sin(theta_t)."""
     cos = np_cos(x, w)
@@ -51,15 +55,15 @@ def ref_margin(x, y, w, s, m1, m2, m3, **_):
             logits[i, label] = cos[i, label] - m3 - ((m1 - 1) * theta_t + m2) * math.sin(theta_t)
         else:
             logits[i, label] = math.cos(m1 * theta + m2) - m3
-    return np_ce(s * logits, y)
+    return np_ce(s * logits, y, eps)
 
 
-def ref_l2softmax(x, y, w, alpha, b=None, **_):
-    return ref_softmax(alpha * np_unit(x), y, w, b)
+def ref_l2softmax(x, y, w, alpha, b=None, eps=0.0, **_):
+    return ref_softmax(alpha * np_unit(x), y, w, b, eps)
 
 
-def ref_adacos(x, y, w, scale, **_):
-    return np_ce(scale * np_cos(x, w), y)
+def ref_adacos(x, y, w, scale, eps=0.0, **_):
+    return np_ce(scale * np_cos(x, w), y, eps)
 
 
 def ref_km(x, y, w, gamma, frozen_p=None, **_):
@@ -74,14 +78,14 @@ def ref_center(x, y, centers, lambda_c, **_):
     return 0.5 * lambda_c * ((x - centers[y]) ** 2).sum(axis=1)
 
 
-def ref_git(x, y, w, centers, lambda_c, lambda_g, exclude_same_label, **_):
+def ref_git(x, y, w, centers, lambda_c, lambda_g, exclude_same_label, eps=0.0, **_):
     """Eq. 1 per sample; push_i averaged over its pairs j != i (or y_j != y_i)."""
     push = np.zeros(len(y))
     for i in range(len(y)):
         terms = [1.0 / (1.0 + ((x[i] - centers[y[j]]) ** 2).sum()) for j in range(len(y))
                  if j != i and not (exclude_same_label and y[j] == y[i])]
         push[i] = np.mean(terms) if terms else 0.0
-    return ref_softmax(x, y, w) + ref_center(x, y, centers, lambda_c) + lambda_g * push
+    return ref_softmax(x, y, w, eps=eps) + ref_center(x, y, centers, lambda_c) + lambda_g * push
 
 
 def numeric_grad(f, a, h=1e-6):
@@ -179,6 +183,40 @@ def test_value_and_gradient_match_numpy_formula(case):
         np.testing.assert_allclose(grads[bias_name], numeric_grad(total, bias), rtol=1e-3, atol=1e-4)
     if hasattr(head, "centers"):
         assert head.centers.grad_req == "null"
+
+
+SMOOTHED = [c for c in CASES if c[0] not in ("km", "center", "softmax_bias")]
+
+
+@pytest.mark.parametrize("case", SMOOTHED, ids=[c[0] for c in SMOOTHED])
+def test_label_smoothing_matches_the_smoothed_target_cross_entropy(case):
+    """The loss against the target (1 - eps) on the label + eps / C everywhere, value and
+    gradient, imperative and hybridized."""
+    _, params, ref, ref_kwargs = case
+    x, y, w, centers = inputs(seed=5)
+    name = case[0].replace("_fixed", "").replace("_exclude", "")
+    head = get_loss(name, num_classes=C, embedding_size=D, label_smoothing=0.3, **params)
+    head.initialize()
+    head.weight.set_data(mx.nd.array(w))
+    if hasattr(head, "centers"):
+        head.centers.set_data(mx.nd.array(centers))
+    kwargs = dict(ref_kwargs, w=w, centers=centers, eps=0.3)
+    loss, gx, grads = run(head, x, y)
+    np.testing.assert_allclose(loss, ref(x, y, **kwargs), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(loss, ref(x, y, **dict(kwargs, eps=0.0)), rtol=1e-3)  # the smoothing is in effect
+    total = lambda: ref(x, y, **kwargs).sum()  # noqa: E731
+    np.testing.assert_allclose(gx, numeric_grad(total, x), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(weight_grad(head, grads), numeric_grad(total, w), rtol=1e-3, atol=1e-4)
+    head.hybridize(static_alloc=True, static_shape=True)
+    np.testing.assert_allclose(run(head, x, y)[0], loss, rtol=1e-5, atol=1e-5)
+
+
+def test_label_smoothing_is_refused_where_it_has_no_meaning():
+    for name in ("km", "center", "triplet"):
+        with pytest.raises(ValueError, match=f"loss '{name}' does not take label_smoothing"):
+            get_loss(name, num_classes=C, embedding_size=D, label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\), got 1.0"):
+        get_loss("softmax", num_classes=C, embedding_size=D, label_smoothing=1.0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -80,10 +80,21 @@ def test_config_errors_name_the_key(sample_rec, tmp_path):
                            "data.images_per_identity=4", "loss.name=triplet"])
     with pytest.raises(ConfigError, match="train.rec not found"):
         load_config(None, [f"data.root={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"loss.label_smoothing must be in \[0, 1\), got 1.5"):
+        load_config(None, [f"data.root={sample_rec}", "loss.label_smoothing=1.5"])
+    with pytest.raises(ConfigError, match="loss.label_smoothing is not available with loss.sharded"):
+        load_config(None, [f"data.root={sample_rec}", "loss.label_smoothing=0.1", "loss.sample_ratio=0.5"])
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(str(bad_yaml))
+
+
+def test_label_smoothing_reaches_the_trained_head(sample_rec, tmp_path):
+    config = load_config(None, _overrides(sample_rec, tmp_path / "run", 2, ["loss.label_smoothing=0.1"]))
+    results, _, head = train(config, return_model=True)
+    assert head.label_smoothing == 0.1 and results["steps"] == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"]["label_smoothing"] == 0.1
 
 
 def test_demo_config_is_valid():

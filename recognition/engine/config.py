@@ -50,6 +50,7 @@ class LossConfig:
     params: dict = field(default_factory=dict)
     sharded: bool = False          # classifier rows split over the Horovod workers (model parallel)
     sample_ratio: float = 1.0      # < 1: Partial FC, a sampled share of each block's classes per step
+    label_smoothing: float = 0.0   # eps: target 1 - eps on the label + eps / C on every class
 
 
 @dataclass
@@ -187,6 +188,11 @@ def validate(config, source, files=True):
             raise ConfigError(f"{source}: {key} must be positive, got {value}")
     if not 0 < config.loss.sample_ratio <= 1:
         raise ConfigError(f"{source}: loss.sample_ratio must be in (0, 1], got {config.loss.sample_ratio}")
+    if not 0 <= config.loss.label_smoothing < 1:
+        raise ConfigError(f"{source}: loss.label_smoothing must be in [0, 1), got {config.loss.label_smoothing}")
+    if config.loss.label_smoothing and (config.loss.sharded or config.loss.sample_ratio < 1):
+        raise ConfigError(f"{source}: loss.label_smoothing is not available with loss.sharded or "
+                          "loss.sample_ratio < 1 (the sharded head)")
     if not 0 <= config.data.color_jitter < 1:
         raise ConfigError(f"{source}: data.color_jitter must be in [0, 1), got {config.data.color_jitter}")
     if config.data.cutoff < 0:

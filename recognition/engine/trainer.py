@@ -145,7 +145,7 @@ def build_network(config, num_classes, ctx):
         mx.random.seed(config.train.seed % (2 ** 31))
     else:
         head = get_loss(config.loss.name, num_classes=num_classes, embedding_size=embedding_size,
-                        **config.loss.params)
+                        label_smoothing=config.loss.label_smoothing, **config.loss.params)
         head.initialize(mx.init.Normal(0.01), ctx=ctx)
     if config.train.hybridize:
         head.hybridize(static_alloc=True, static_shape=True)

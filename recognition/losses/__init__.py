@@ -17,6 +17,10 @@ trainer:
 
 Any head with a classifier accepts a ``center: {lambda_c: ..., alpha: ...}`` entry in its params,
 which adds the centre-loss term (e.g. ``km`` + center, the Knot Magnify poster's best row).
+
+``label_smoothing`` eps (``get_loss`` keyword, the config's ``loss.label_smoothing``) smooths the
+target of the heads whose loss is the cross-entropy of their logits (softmax, margin, arcface,
+cosface, l2softmax, adacos, and git's softmax term): (1 - eps) on the label, eps / C everywhere.
 """
 import importlib
 import inspect
@@ -37,6 +41,9 @@ _REGISTRY = {
 # Heads that already hold centres cannot take a second centre term; triplet has no classifier
 # (and is not a HybridBlock, which the combinator needs for its children).
 _NO_CENTER_TERM = ("center", "git", "triplet")
+# Heads whose loss is not the cross-entropy of logits, so a smoothed target has no meaning for them.
+_NO_SMOOTHING = {"km": "it weights -log p_y by 1 / (gamma p_y + 1)^2", "center": "it has no classifier",
+                 "triplet": "it has no classifier"}
 _SIZE_ARGS = ("num_classes", "embedding_size")
 _BLOCK_ARGS = ("self", "prefix", "params")
 
@@ -63,8 +70,9 @@ def _resolve(name):
     return getattr(importlib.import_module(module), cls_name), dict(defaults)
 
 
-def get_loss(name, num_classes=None, embedding_size=None, **params):
-    """The loss head ``name`` (see ``available_losses()``) built with ``params``.
+def get_loss(name, num_classes=None, embedding_size=None, *, label_smoothing=0.0, **params):
+    """The loss head ``name`` (see ``available_losses()``) built with ``params``, its
+    cross-entropy's target smoothed by ``label_smoothing``.
 
     Raises ValueError for an unknown name or parameter, listing what is accepted.
     """
@@ -87,9 +95,21 @@ def get_loss(name, num_classes=None, embedding_size=None, **params):
     size_kwargs = {"num_classes": num_classes, "embedding_size": embedding_size}
     kwargs.update({k: v for k, v in size_kwargs.items() if k in sizes})
     head = cls(**kwargs)
+    if label_smoothing:
+        _smooth_labels(key, head, label_smoothing)
     if center is None:
         return head
     return _with_center(key, head, center, num_classes, embedding_size)
+
+
+def _smooth_labels(key, head, eps):
+    from .softmax import ClassifierHead
+    if key in _NO_SMOOTHING:
+        raise ValueError("loss %r does not take label_smoothing: %s" % (key, _NO_SMOOTHING[key]))
+    if not 0 <= eps < 1:
+        raise ValueError("label_smoothing must be in [0, 1), got %r" % (eps,))
+    # git: the smoothed cross-entropy is its softmax term's (head.head)
+    (head if isinstance(head, ClassifierHead) else head.head).label_smoothing = float(eps)
 
 
 def _with_center(key, head, center, num_classes, embedding_size):

@@ -50,7 +50,7 @@ class AdaCosLoss(ClassifierHead):
         return cosine_scores(F, x, weight, self.num_classes)
 
     def loss_from_scores(self, F, cos, label, s=None, **params):
-        return cross_entropy(F, F.broadcast_mul(cos, F.reshape(s, shape=(1, 1))), label)
+        return cross_entropy(F, F.broadcast_mul(cos, F.reshape(s, shape=(1, 1))), label, self.label_smoothing)
 
     def update_state(self, embeddings, labels):
         """Dynamic AdaCos: re-estimate s on this step's (global) batch; no-op when fixed."""

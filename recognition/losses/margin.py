@@ -63,4 +63,4 @@ class MarginLoss(ClassifierHead):
         # Only the target column changes: add (new - old) on it through a one-hot mask.
         change = F.expand_dims(self.target_logit(F, cos_t) - cos_t, axis=1)
         logits = F.broadcast_add(cos, F.broadcast_mul(F.one_hot(label, self.num_classes), change))
-        return cross_entropy(F, self.s * logits, label)
+        return cross_entropy(F, self.s * logits, label, self.label_smoothing)

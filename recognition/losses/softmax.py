@@ -19,9 +19,15 @@ def cosine_scores(F, x, weight, num_classes):
     return F.FullyConnected(l2_normalize(F, x), l2_normalize(F, weight), num_hidden=num_classes, no_bias=True)
 
 
-def cross_entropy(F, logits, label):
-    """-log softmax(logits)[label], one value per row (log_softmax is the stable form)."""
-    return -F.pick(F.log_softmax(logits, axis=1), label, axis=1)
+def cross_entropy(F, logits, label, smoothing=0.0):
+    """-log softmax(logits)[label], one value per row (log_softmax is the stable form). With
+    ``smoothing`` eps, the cross-entropy against the smoothed target (1 - eps) on the label plus
+    eps / C on every class (Szegedy et al. 2016): (1 - eps) (-log p_y) + eps mean_j (-log p_j)."""
+    log_p = F.log_softmax(logits, axis=1)
+    loss = -F.pick(log_p, label, axis=1)
+    if smoothing:
+        loss = (1.0 - smoothing) * loss - smoothing * F.mean(log_p, axis=1)
+    return loss
 
 
 def check_sizes(num_classes, embedding_size):
@@ -37,7 +43,10 @@ class ClassifierHead(HybridBlock):
 
     The weight's shape is fully known here (no deferred init), so ``head.initialize()`` creates it
     and it can be set before the first call. Its initializer is N(0, 0.01), insightface's fc7 choice.
+    ``label_smoothing`` (set by ``get_loss`` before hybridizing) is the eps of :func:`cross_entropy`
+    for the heads whose loss is the cross-entropy of their logits.
     """
+    label_smoothing = 0.0
 
     def __init__(self, num_classes, embedding_size, bias=False, prefix=None, params=None):
         super().__init__(prefix=prefix, params=params)
@@ -54,7 +63,7 @@ class ClassifierHead(HybridBlock):
         return F.FullyConnected(x, weight, bias, num_hidden=self.num_classes, no_bias=bias is None)
 
     def loss_from_scores(self, F, scores, label, **params):
-        return cross_entropy(F, scores, label)
+        return cross_entropy(F, scores, label, self.label_smoothing)
 
     # --- shared plumbing -------------------------------------------------------------------------
     def hybrid_forward(self, F, x, label, **params):
