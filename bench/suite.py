@@ -98,6 +98,7 @@ SUITES = {
             variant("batch_128", "batch 128, 300 steps (the same images)",
                     ["data.batch_size=128", "train.max_steps=300", "optimizer.warmup_steps=18"]),
             variant("dropout_0.2", "dropout 0.2 before the embedding", ["model.dropout=0.2"]),
+            variant("label_smoothing", "label smoothing 0.1 (target 0.9 + 0.1 / C)", ["loss.label_smoothing=0.1"]),
         ],
     },
     "data_scaling": {
