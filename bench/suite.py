@@ -11,7 +11,9 @@ suite runs in parts (``--max-runs``, or stop it at any time: only the unfinished
 After every run, and with ``--render`` alone, ``bench/results/suite_NAME.md`` / ``.json`` are
 rebuilt from the records present: per variant the seeds that finished, mean +- std of the final
 held-out accuracy, and the difference to the baseline paired by seed with its 95% Student-t
-interval. A difference whose interval holds 0 is reported as "no difference shown".
+interval. A difference whose interval holds 0 is reported as "no difference shown". Suites that
+test the papers' claims (``heads``, ``mining``) add a table of them, each judged on its two rows
+paired by seed: held, contradicted or not shown (:func:`judge_claim`).
 
 Suites (``--list``):
 * ``ablations``: issue 17 part 4, one change at a time against configs/lfw_devtrain.yaml at a
@@ -58,6 +60,18 @@ def variant(name, change, overrides=(), split=None, config=None, start_from=None
     return {"name": name, "change": change, "overrides": list(overrides), "split": dict(split or {}),
             "config": config, "start_from": start_from, "same_as": same_as}
 
+
+def claim(paper, text, variant_a, relation, variant_b):
+    """A paper's claim about two rows of a suite: ``variant_a`` above (``>``) or at or above (``>=``)
+    ``variant_b``, judged on their accuracies paired by seed (:func:`judge_claim`)."""
+    if relation not in (">", ">="):
+        raise ValueError(f"claim {text!r}: relation must be '>' or '>=', not {relation!r}")
+    return {"paper": paper, "claim": text, "a": variant_a, "relation": relation, "b": variant_b}
+
+
+# a claim "A at or above B" holds where the whole 95% interval of A - B lies above -AT_OR_ABOVE_TOLERANCE:
+# A is not shown to lose more than this (one point of accuracy, below the resolution of 600 pairs)
+AT_OR_ABOVE_TOLERANCE = 0.01
 
 PROXY = ["train.max_steps=600", "optimizer.warmup_steps=35", "verification.every=0",
          "output.checkpoint_every=0", "output.keep=1", "train.log_every=50"]
@@ -159,6 +173,14 @@ SUITES = {
             variant("cosface", "CosFace s 32, m 0.35", ["loss.name=cosface", "loss.params={s: 32.0, m3: 0.35}"]),
             variant("arcface", "ArcFace s 32, m 0.5", ["loss.name=arcface", "loss.params={s: 32.0, m2: 0.5}"]),
         ],
+        "claims": [
+            claim("L2-softmax", "L2-softmax above softmax", "l2softmax", ">", "baseline"),
+            claim("Knot Magnify", "KM at or above softmax", "km", ">=", "baseline"),
+            claim("Knot Magnify", "KM + centre loss above KM", "km_center", ">", "km"),
+            claim("AdaCos", "dynamic AdaCos at or above fixed AdaCos, without tuning s", "adacos_dynamic", ">=",
+                  "adacos_fixed"),
+            claim("Git loss", "Git loss above centre loss", "git", ">", "center"),
+        ],
     },
 }
 
@@ -191,6 +213,12 @@ SUITES["mining"] = {
         variant("semi_online", "triplet, min_max mining over the last 4 batches (semi-online)",
                 FINETUNE + ["loss.params={margin: 0.2, strategy: batch_min_max, pool: semi_online, pool_batches: 4}"],
                 config=os.path.join("configs", "triplet_semi_online.yaml"), start_from="pretrained"),
+    ],
+    "claims": [claim("MassFace", f"triplet fine-tuning with {strategy.replace('batch_', '')} mining above softmax "
+                                 "fine-tuning for the same images", f"triplet_{strategy}", ">", "baseline")
+               for strategy in ("batch_all", "batch_random", "batch_min_max", "batch_hardest")] + [
+        claim("MassFace", "semi-online (min_max) above online min_max mining", "semi_online", ">",
+              "triplet_batch_min_max"),
     ],
 }
 
@@ -258,6 +286,24 @@ def check_shared_rows():
                 raise SystemExit(f"suite {name}: row {v['name']} is not the same run as suite {v['same_as']}'s")
 
 
+def judge_claim(c, accuracy_a, accuracy_b):
+    """``c`` judged on {seed: accuracy} of its two rows, paired by the seeds both have.
+
+    held: the 95% interval of A - B is above 0 (``>``), or above -AT_OR_ABOVE_TOLERANCE (``>=``);
+    contradicted: the interval is below 0 (B above A); otherwise not shown."""
+    seeds = sorted(set(accuracy_a) & set(accuracy_b))
+    judged = dict(c, seeds=seeds)
+    if not seeds:
+        return dict(judged, verdict="not run")
+    mean, std, low, high = paired_interval([accuracy_a[s] - accuracy_b[s] for s in seeds])
+    judged.update(mean=mean, std=std, ci95=[low, high])
+    if len(seeds) < 2:
+        return dict(judged, verdict="not shown (one seed)")
+    floor = 0.0 if c["relation"] == ">" else -AT_OR_ABOVE_TOLERANCE
+    verdict = "held" if low > floor else "contradicted" if high < 0 else "not shown"
+    return dict(judged, verdict=verdict)
+
+
 def summarize(suite_name, suite, records):
     """Per variant: seeds, mean/std accuracy, samples/s, and the paired difference to the baseline."""
     by_variant = {}
@@ -282,8 +328,14 @@ def summarize(suite_name, suite, records):
                        "better" if low > 0 else "worse" if high < 0 else "no difference shown")
             row["paired"] = {"seeds": paired, "mean": mean, "std": std, "ci95": [low, high], "verdict": verdict}
         rows.append(row)
+
+    def accuracies(name):
+        return {s: r["final"]["accuracy"] for s, r in by_variant.get(name, {}).items()}
+
+    claims = [judge_claim(c, accuracies(c["a"]), accuracies(c["b"])) for c in suite.get("claims", ())]
     return {"suite": suite_name, "issue": suite["issue"], "description": suite["description"],
-            "config": suite["config"], "recipe": suite["recipe"], "planned_seeds": suite["seeds"], "rows": rows}
+            "config": suite["config"], "recipe": suite["recipe"], "planned_seeds": suite["seeds"], "rows": rows,
+            "claims": claims}
 
 
 def render(summary, split_note="", pairs=600):
@@ -318,8 +370,28 @@ def render(summary, split_note="", pairs=600):
         "degrees of freedom): with 2 seeds (t = 12.7) only a large, consistent difference can exclude 0. " +
         common.noise_note(pairs),
         "",
+    ] + render_claims(summary.get("claims", ())) + [
         f"Command: `python bench/suite.py --suite {summary['suite']}` (resumes; `--render` rebuilds this table).",
     ])
+
+
+def render_claims(claims):
+    """The papers' claims as a table and the rule behind the verdicts (no lines where there are none)."""
+    if not claims:
+        return []
+    table = []
+    for c in claims:
+        interval = "" if "ci95" not in c or math.isnan(c["ci95"][0]) else f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
+        table.append([c["paper"], c["claim"], f"{c['a']} {c['relation']} {c['b']}", ",".join(map(str, c["seeds"])),
+                      f"{c['mean']:+.4f}" if "mean" in c else "", interval, c["verdict"]])
+    return [
+        "### The papers' claims", "",
+        common.markdown_table(["paper", "claim", "rows", "paired seeds", "mean A - B", "95% interval", "verdict"],
+                              table), "",
+        f"held: the 95% interval of A - B (paired by seed, Student's t) lies above 0 for 'above', above "
+        f"-{AT_OR_ABOVE_TOLERANCE:g} for 'at or above'; contradicted: it lies below 0; not shown: neither "
+        "(including every claim with fewer than 2 paired seeds).", "",
+    ]
 
 
 def render_all(out_root, suite_name):

@@ -107,3 +107,48 @@ def test_a_shared_row_is_trained_once_and_shown_in_both_suites(tmp_path):
             suite.check_shared_rows()
     finally:
         suite.SUITES["data_scaling"] = original
+
+
+def test_claims_are_judged_on_the_paired_interval():
+    above = suite.claim("P", "A above B", "a", ">", "b")
+    at_or_above = suite.claim("P", "A at or above B", "a", ">=", "b")
+    b = {0: 0.80, 1: 0.82, 2: 0.81}
+
+    def judged(c, diffs):
+        return suite.judge_claim(c, {s: b[s] + d for s, d in zip(sorted(b), diffs)}, b)
+
+    consistent_gain = judged(above, [0.030, 0.040, 0.035])
+    d = np.array([0.030, 0.040, 0.035])
+    half = 4.303 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert consistent_gain["seeds"] == [0, 1, 2] and consistent_gain["mean"] == pytest.approx(0.035)
+    assert consistent_gain["ci95"] == [pytest.approx(0.035 - half), pytest.approx(0.035 + half)]
+    assert consistent_gain["verdict"] == "held"
+    assert judged(above, [-0.030, -0.040, -0.035])["verdict"] == "contradicted"
+    assert judged(above, [0.05, -0.04, 0.02])["verdict"] == "not shown"
+    # "at or above": a small, consistent loss within the tolerance still holds; "above" does not
+    tiny_loss = [-0.002, -0.001, -0.003]  # interval [-0.0045, +0.0005]
+    assert judged(at_or_above, tiny_loss)["verdict"] == "held"
+    assert judged(above, tiny_loss)["verdict"] == "not shown"
+    assert judged(at_or_above, [-0.03, -0.02, -0.025])["verdict"] == "contradicted"
+    # pairs only where both rows have the seed; one pair is never a verdict
+    assert suite.judge_claim(above, {0: 0.9, 5: 0.9}, b)["verdict"] == "not shown (one seed)"
+    assert suite.judge_claim(above, {}, b)["verdict"] == "not run"
+    with pytest.raises(ValueError, match="relation"):
+        suite.claim("P", "A below B", "a", "<", "b")
+
+
+def test_every_claim_names_rows_of_its_suite_and_is_rendered():
+    for name, s in suite.SUITES.items():
+        names = {v["name"] for v in s["variants"]}
+        for c in s.get("claims", ()):
+            assert {c["a"], c["b"]} <= names, (name, c)
+    records = [{"variant": v, "seed": seed, "samples_per_sec": 50.0, "steps": 800, "train_wall_s": 600.0,
+                "final": {"accuracy": acc}}
+               for v, accs in {"baseline": (0.80, 0.82), "l2softmax": (0.85, 0.86)}.items()
+               for seed, acc in enumerate(accs)]
+    summary = suite.summarize("heads", suite.SUITES["heads"], records)
+    l2 = next(c for c in summary["claims"] if c["a"] == "l2softmax")
+    assert l2["seeds"] == [0, 1] and l2["mean"] == pytest.approx(0.045)
+    text = suite.render(summary)
+    assert "### The papers' claims" in text and "| L2-softmax | L2-softmax above softmax | l2softmax > baseline | 0,1 |" in text
+    assert "| Git loss | Git loss above centre loss | git > center |  |  |  | not run |" in text
