@@ -120,6 +120,7 @@ SUITES = {
         "description": "the 60-minute recipe (configs/lfw_devtrain.yaml, train.time_budget_minutes=60) on a "
                        "share of the training people; held-out pairs unchanged",
         "config": GOAL_CONFIG,
+        "plot": "training_images",
         "recipe": SIXTY_MINUTES,
         "seeds": [0, 1],
         "variants": [
@@ -415,9 +416,52 @@ def render_all(out_root, suite_name):
     prefix = os.path.join(out_root, f"suite_{suite_name}")
     text = render(summary, note, records[0]["split"]["pairs"] if records else 600)
     os.makedirs(out_root, exist_ok=True)
+    if suite.get("plot") == "training_images" and records:
+        plot_against_training_images(summary, records, prefix + ".png")
+        text += (f"\n\nFigure: `suite_{suite_name}.png` (held-out accuracy against the number of training "
+                 "images, log scale; one dot per seed, the line through the means of the rows that keep every "
+                 "person's photos).")
     write_text_atomic(prefix + ".json", json.dumps(summary, indent=1) + "\n")
     write_text_atomic(prefix + ".md", text + "\n")
     return text
+
+
+def plot_against_training_images(summary, records, path):
+    """The data-scaling curve: each seed's held-out accuracy at its training-image count; rows that drop
+    people by a share (train_fraction) form the curve, others (e.g. singletons left out) stand apart."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    by_variant = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], []).append(r)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    curve = []
+    for i, row in enumerate(summary["rows"]):
+        runs = by_variant.get(row["variant"], [])
+        if not runs:
+            continue
+        images = [r["split"]["train_images"] for r in runs]
+        accs = [r["final"]["accuracy"] for r in runs]
+        on_curve = all(r["split"]["min_train_images"] == 1 for r in runs)
+        label = f"{row['variant']}: {runs[0]['split']['train_people']} people, {len(runs)} seed(s)"
+        ax.scatter(images, accs, color=f"C{i}", marker="o" if on_curve else "s", label=label, zorder=3)
+        if on_curve:
+            curve.append((float(np.mean(images)), float(np.mean(accs))))
+    if len(curve) > 1:
+        xs, ys = zip(*sorted(curve))
+        ax.plot(xs, ys, color="0.5", zorder=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images")
+    ax.set_ylabel(f"held-out accuracy ({records[0]['split']['pairs']} pairs)")
+    ax.set_title(f"suite {summary['suite']}: {summary['config']} + {' '.join(summary['recipe'][:1])}", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def planned_runs(suite, only=None, seeds=None):

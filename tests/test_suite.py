@@ -152,3 +152,27 @@ def test_every_claim_names_rows_of_its_suite_and_is_rendered():
     text = suite.render(summary)
     assert "### The papers' claims" in text and "| L2-softmax | L2-softmax above softmax | l2softmax > baseline | 0,1 |" in text
     assert "| Git loss | Git loss above centre loss | git > center |  |  |  | not run |" in text
+
+
+def test_data_scaling_plots_each_seed_at_its_training_image_count(tmp_path):
+    import cv2
+    split = {"data": "lfw-devtrain", "fallback_to_sample": False, "heldout_people": 300, "pairs": 600,
+             "split_seed": 0, "train_fraction": 1.0, "min_train_images": 1}
+    rows = {"people_25": (0.25, 1, 2000, 934, (0.76, 0.78)), "min2": (1.0, 2, 5400, 1050, (0.85, 0.84))}
+    for name, (fraction, min_images, images, people, accs) in rows.items():
+        for seed, acc in enumerate(accs):
+            record = {"suite": "data_scaling", "variant": name, "seed": seed, "samples_per_sec": 60.0,
+                      "steps": 3200, "train_wall_s": 3600.0, "final": {"accuracy": acc},
+                      "split": dict(split, train_fraction=fraction, min_train_images=min_images,
+                                    train_images=images, train_people=people)}
+            path = suite.record_path(str(tmp_path), "data_scaling", name, seed)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(record, f)
+    text = suite.render_all(str(tmp_path), "data_scaling")
+    assert "Figure: `suite_data_scaling.png`" in text
+    image = cv2.imread(str(tmp_path / "suite_data_scaling.png"))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+    # suites without a plot write none
+    suite.render_all(str(tmp_path), "heads")
+    assert not (tmp_path / "suite_heads.png").exists()
