@@ -226,6 +226,72 @@ def prepare_split(args):
     return manifest
 
 
+EXTENDED_SAME_PER_PERSON = 10
+
+
+def held_out_people(pairs_file):
+    """The people named in an LFW-format pairs file."""
+    with open(pairs_file) as f:
+        fields = [line.split() for line in f.readlines()[1:]]
+    return sorted({f[0] for f in fields if len(f) == 3} | {f[i] for f in fields if len(f) == 4 for i in (0, 2)})
+
+
+def draw_extended_pairs(people, held, seed, folds=10, same_per_person=EXTENDED_SAME_PER_PERSON):
+    """More pairs from the same held-out people, to score with less pair-sampling noise than one
+    same pair each. The people are dealt into ``folds`` person-disjoint folds; each person gives up
+    to ``same_per_person`` same pairs (all of its image pairs when it has fewer), each fold as many
+    same pairs as the poorest fold has (folds must be equal: the 10-fold protocol cuts the file into
+    contiguous equal folds) and as many different pairs between two of its people. Returns the
+    LFW-format lines, or None when a fold would have no same pair."""
+    import itertools
+    rng = np.random.default_rng([seed, 2])  # its own stream: the 600-pair file stays as it was
+    order = rng.permutation(sorted(held)).tolist()
+    groups = [order[f::folds] for f in range(folds)]
+    same_by_fold = []
+    for group in groups:
+        same = []
+        for name in group:
+            combos = list(itertools.combinations(range(len(people[name])), 2))
+            for k in sorted(rng.permutation(len(combos))[:same_per_person]):
+                i, j = combos[k]
+                same.append(f"{name}\t{_image_number(people[name][i])}\t{_image_number(people[name][j])}")
+        same_by_fold.append(same)
+    per_fold = min(len(same) for same in same_by_fold)
+    if per_fold == 0 or any(len(g) < 2 for g in groups):
+        return None
+    lines = [f"{folds}\t{per_fold}"]
+    for group, same in zip(groups, same_by_fold):
+        different = set()
+        while len(different) < per_fold:
+            a, b = rng.choice(len(group), size=2, replace=False)
+            first, second = group[a], group[b]
+            different.add(f"{first}\t{_image_number(people[first][rng.integers(len(people[first]))])}\t"
+                          f"{second}\t{_image_number(people[second][rng.integers(len(people[second]))])}")
+        lines += [same[k] for k in sorted(rng.permutation(len(same))[:per_fold])] + sorted(different)
+    return lines
+
+
+def extended_bin(manifest):
+    """The split's extended held-out .bin (:func:`draw_extended_pairs`), built once beside the
+    600-pair one. Returns (path, pairs), or (None, 0) where the held-out people are too few."""
+    split_dir = os.path.dirname(manifest["bin"])
+    path = os.path.join(split_dir, "heldout_extended.bin")
+    pairs_file = os.path.join(split_dir, "heldout_extended_pairs.txt")
+    if not os.path.isfile(path):
+        image_root = os.path.join(manifest["data"], "images")
+        lines = draw_extended_pairs(_people(image_root), held_out_people(manifest["pairs_file"]),
+                                    manifest["split_seed"])
+        if lines is None:
+            return None, 0
+        write_text_atomic(pairs_file, "\n".join(lines) + "\n")
+        from recognition.cli.make_bin import main as make_bin  # tools/make_bin.py; writes atomically
+        log(f"split: building the extended held-out .bin ({len(lines) - 1} pairs)")
+        make_bin(["--pairs", pairs_file, "--images", image_root,
+                  "--landmarks", os.path.join(manifest["data"], "landmarks.txt"), "--out", path])
+    with open(pairs_file) as f:
+        return path, sum(1 for line in f if len(line.split()) in (3, 4))
+
+
 def split_description(manifest):
     if manifest["fallback_to_sample"]:
         return (f"committed LFW sample (tests/data/lfw_sample): {manifest['train_people']} training people "

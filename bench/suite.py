@@ -314,19 +314,22 @@ def judge_claim(c, accuracy_a, accuracy_b):
     return dict(judged, verdict=verdict)
 
 
-def summarize(suite_name, suite, records):
-    """Per variant: seeds, mean/std accuracy, samples/s, and the paired difference to the baseline."""
+def summarize(suite_name, suite, records, score="final"):
+    """Per variant: seeds, mean/std accuracy, samples/s, and the paired difference to the baseline;
+    the papers' claims. ``score``: the records' "final" (the 600 pairs) or "final_extended" (the
+    extended pairs; records without it are left out)."""
     by_variant = {}
     for r in records:
-        by_variant.setdefault(r["variant"], {})[r["seed"]] = r
+        if score in r:
+            by_variant.setdefault(r["variant"], {})[r["seed"]] = r
 
     def accuracies(name):
-        return {s: r["final"]["accuracy"] for s, r in by_variant.get(name, {}).items()}
+        return {s: r[score]["accuracy"] for s, r in by_variant.get(name, {}).items()}
 
     rows = []
     for v in suite["variants"]:
         runs = by_variant.get(v["name"], {})
-        accs = [runs[s]["final"]["accuracy"] for s in sorted(runs)]
+        accs = [runs[s][score]["accuracy"] for s in sorted(runs)]
         row = {"variant": v["name"], "change": v["change"], "seeds": sorted(runs),
                "accuracy_mean": float(np.mean(accs)) if accs else None,
                "accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
@@ -347,12 +350,12 @@ def summarize(suite_name, suite, records):
             "claims": claims}
 
 
-def render(summary, split_note="", pairs=600):
+def render_table(rows):
     def fmt(x, digits=4):
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
     table = []
-    for row in summary["rows"]:
+    for row in rows:
         p = row.get("paired")
         if p:
             diff = f"{p['mean']:+.4f}"
@@ -365,26 +368,45 @@ def render(summary, split_note="", pairs=600):
             acc += f" ± {row['accuracy_std']:.4f}"
         table.append([row["variant"], row["change"], len(row["seeds"]), acc, diff, interval, verdict,
                       fmt(row["samples_per_sec"], 1), ",".join(str(s) for s in row["steps"])])
-    return "\n".join([
+    return common.markdown_table(["variant", "change", "seeds", "held-out accuracy (mean ± std)",
+                                  "paired diff. to baseline", "95% interval", "verdict", "samples/s", "steps"], table)
+
+
+def render(summary, split_note="", pairs=600):
+    lines = [
         f"## Suite `{summary['suite']}` (issue {summary['issue']})", "",
         f"{summary['description']}. Config {summary['config']} + `{' '.join(summary['recipe'])}`; "
         f"planned seeds {summary['planned_seeds']} (train.seed: initialisation and data order).", "",
         split_note,
         "",
-        common.markdown_table(["variant", "change", "seeds", "held-out accuracy (mean ± std)",
-                               "paired diff. to baseline", "95% interval", "verdict", "samples/s", "steps"],
-                              table), "",
+        render_table(summary["rows"]), "",
         "Paired by seed: the same seed gives the baseline and the variant the same initial draw and data "
         "order where the change allows. The interval is Student's t over the paired differences (n - 1 "
         "degrees of freedom): with 2 seeds (t = 12.7) only a large, consistent difference can exclude 0. " +
         common.noise_note(pairs),
         "",
-    ] + render_claims(summary.get("claims", ())) + [
-        f"Command: `python bench/suite.py --suite {summary['suite']}` (resumes; `--render` rebuilds this table).",
+    ] + render_claims(summary.get("claims", ()))
+    extended = summary.get("extended")
+    if extended:
+        lines += [
+            f"### On the extended held-out pairs ({extended['pairs']} pairs)", "",
+            f"The same held-out people, more pairs of them: up to {common.EXTENDED_SAME_PER_PERSON} same pairs "
+            "per person (all of its image pairs when it has fewer), dealt into 10 person-disjoint folds of "
+            "equal same and different pairs (`common.draw_extended_pairs`), so that a run's score carries "
+            "less pair-sampling noise. Each run's exported model is scored by tools/verify.py (float32) at "
+            "the run's end; earlier runs whose model was still on the machine were scored by `--rescore` "
+            "(after scoring the record's 600 pairs again); runs without either are not in this table, so "
+            "its seed counts can be lower. " +
+            common.noise_note(extended["pairs"]), "",
+            render_table(extended["rows"]), "",
+        ] + render_claims(extended["claims"], "The papers' claims on the extended pairs")
+    return "\n".join(lines + [
+        f"Command: `python bench/suite.py --suite {summary['suite']}` (resumes; `--render` rebuilds this table; "
+        "`--rescore` scores kept models on the extended pairs).",
     ])
 
 
-def render_claims(claims):
+def render_claims(claims, title="The papers' claims"):
     """The papers' claims as a table and the rule behind the verdicts (no lines where there are none)."""
     if not claims:
         return []
@@ -394,7 +416,7 @@ def render_claims(claims):
         table.append([c["paper"], c["claim"], f"{c['a']} {c['relation']} {c['b']}", ",".join(map(str, c["seeds"])),
                       f"{c['mean']:+.4f}" if "mean" in c else "", interval, c["verdict"]])
     return [
-        "### The papers' claims", "",
+        f"### {title}", "",
         common.markdown_table(["paper", "claim", "rows", "paired seeds", "mean A - B", "95% interval", "verdict"],
                               table), "",
         f"held: the 95% interval of A - B (paired by seed, Student's t) lies above 0 for 'above', above "
@@ -413,6 +435,13 @@ def render_all(out_root, suite_name):
         if any(r["split"].get("train_fraction", 1.0) != 1.0 or r["split"]["min_train_images"] != 1 for r in records):
             note += " Variants that change the training people say so in their row; the held-out pairs are the same."
     summary["records"] = len(records)
+    extended = [r for r in records if "final_extended" in r]
+    if extended:
+        pairs = sorted({r["final_extended"]["pairs"] for r in extended})
+        if len(pairs) > 1:
+            raise SystemExit(f"suite {suite_name}: records scored on extended pair sets of different sizes {pairs}")
+        part = summarize(suite_name, suite, extended, score="final_extended")
+        summary["extended"] = {"pairs": pairs[0], "rows": part["rows"], "claims": part["claims"]}
     prefix = os.path.join(out_root, f"suite_{suite_name}")
     text = render(summary, note, records[0]["split"]["pairs"] if records else 600)
     os.makedirs(out_root, exist_ok=True)
@@ -528,11 +557,79 @@ def run_one(args, suite_name, variant_name, seed):
               "train_wall_s": round(wall, 1), "samples_per_sec": common.throughput(out_dir),
               "time_budget": results.get("time_budget"), "commit": _commit(),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    extended = score_extended(record, out_dir, args.threads)
+    if extended:
+        record["final_extended"] = extended
     path = record_path(args.out_root, suite_name, variant_name, seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
     common.log(f"suite {suite_name}: {variant_name} seed {seed}: accuracy {record['final']['accuracy']:.4f} "
                f"in {wall / 60:.1f} min -> {path}")
+
+
+SCORES = ("accuracy", "accuracy_std", "tar_at_far_1e-3", "xnorm")
+
+
+def score_extended(record, out_dir, threads, check=False):
+    """The run's exported model (``out_dir``/model) scored by tools/verify.py on the split's extended
+    held-out pairs (``common.extended_bin``), float32 as a user's verify.py would (the trainer's
+    own final score uses the training precision: bfloat16 moves it by a pair or a few). With
+    ``check``, the model must first score the record's 600 pairs as recorded (within 0.01 in
+    accuracy and 1% in XNorm, what the precision allows): a run directory reused by another run
+    holds another model. Returns the scores with the pair count, or None (with the reason logged)."""
+    model = os.path.join(out_dir, "model")
+    name = f"{record['variant']} seed {record['seed']}"
+    if not os.path.isfile(model + "-symbol.json"):
+        common.log(f"extended pairs: {name}: no exported model under {out_dir}; not scored")
+        return None
+    extended, pairs = common.extended_bin(record["split"])
+    if not extended:
+        common.log(f"extended pairs: {name}: too few held-out people for the extended pairs; not scored")
+        return None
+    with open(os.path.join(out_dir, "config.json")) as f:
+        verification = json.load(f)["verification"]
+    bins = ([record["split"]["bin"]] if check else []) + [extended]
+    scores = verify_model(model, bins, verification, threads)
+    if check:
+        again, recorded = scores[0], record["final"]
+        if abs(again["accuracy"] - recorded["accuracy"]) > 0.01 or \
+                abs(again["xnorm"] - recorded["xnorm"]) > 0.01 * recorded["xnorm"]:
+            common.log(f"extended pairs: {name}: the model under {out_dir} scores {again['accuracy']:.4f} "
+                       f"(XNorm {again['xnorm']:.2f}) on the 600 pairs, the record {recorded['accuracy']:.4f} "
+                       f"({recorded['xnorm']:.2f}): another run's model; not scored")
+            return None
+    common.log(f"extended pairs: {name}: {record['final']['accuracy']:.4f} on {record['split']['pairs']} pairs, "
+               f"{scores[-1]['accuracy']:.4f} on {pairs}")
+    return dict({key: float(scores[-1][key]) for key in SCORES}, pairs=pairs)
+
+
+def rescore(args, suite_name):
+    """Score the kept model of every record of ``suite_name`` that lacks it on the extended pairs."""
+    for v in SUITES[suite_name]["variants"]:
+        if v["same_as"]:
+            continue  # its home suite rescores it
+        for path in sorted(glob.glob(os.path.join(results_dir(args.out_root, suite_name), f"{v['name']}_seed*.json"))):
+            with open(path) as f:
+                record = json.load(f)
+            if record["variant"] != v["name"] or "final_extended" in record:
+                continue
+            extended = score_extended(record, run_dir(args.work_dir, suite_name, v["name"], record["seed"]),
+                                      args.threads, check=True)
+            if extended:
+                record["final_extended"] = extended
+                write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+
+
+def verify_model(model, bins, verification, threads):
+    """tools/verify.py's scores of an exported model on ``bins``, with the run's flip and batch size."""
+    argv = [sys.executable, os.path.join(common.REPO, "tools", "verify.py"), "--model", model, "--bin", ",".join(bins),
+            "--flip", verification["flip"], "--batch-size", str(verification["batch_size"]), "--json",
+            "--no-progress", "--cpu"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    if done.returncode:
+        raise SystemExit(f"extended pairs: {model}: tools/verify.py failed: {done.stderr.strip().splitlines()[-1:]}")
+    scores = json.loads(done.stdout.strip().splitlines()[-1])
+    return [scores[os.path.splitext(os.path.basename(path))[0]] for path in bins]
 
 
 def _commit():
@@ -554,6 +651,9 @@ def parse_args(argv=None):
                    help="overrides after the suite's (e.g. a shorter trial; use another --out-root)")
     p.add_argument("--list", action="store_true", help="print the suites, their variants and what has finished")
     p.add_argument("--render", action="store_true", help="only rebuild suite_NAME.md/.json from the records")
+    p.add_argument("--rescore", action="store_true",
+                   help="score the kept models of finished runs on the extended held-out pairs (more pairs of "
+                        "the same held-out people), then render; new runs score them as they finish")
     p.add_argument("--out-root", default=common.RESULTS_DIR, help="records go to OUT_ROOT/suite_NAME/")
     p.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     common.add_split_args(p)
@@ -575,7 +675,9 @@ def main(argv=None):
                 seeds = [seed for seed in s["seeds"] if (v["name"], seed) in done]
                 print(f"  {v['name']:<16} {v['change']}  [finished seeds: {seeds or 'none'}]")
         return
-    if not args.render:
+    if args.rescore:
+        rescore(args, args.suite)
+    elif not args.render:
         todo = [(v, s) for v, s in planned_runs(suite, args.only, args.seeds)
                 if not finished(args.out_root, args.suite, v, s, args.set)]
         if args.max_runs:

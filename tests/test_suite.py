@@ -47,6 +47,32 @@ def test_train_fraction_keeps_the_held_out_pairs():
         common.draw_split(people, 40, 1, seed=3, train_fraction=0)
 
 
+def test_extended_pairs_are_more_pairs_of_the_same_people_in_person_disjoint_equal_folds():
+    rng = np.random.default_rng(1)
+    people = {f"p{i:03d}": [f"p{i:03d}_{k:04d}.jpg" for k in range(1, 2 + rng.integers(0, 8))] for i in range(200)}
+    held, _, lines = common.draw_split(people, 60, 1, seed=3)
+    extended = common.draw_extended_pairs(people, held, seed=3)
+    folds, per_fold = map(int, extended[0].split())
+    assert folds == 10 and len(extended) == 1 + 2 * folds * per_fold and per_fold > len(held) // folds
+    fold_people = []
+    for f in range(folds):
+        block = [line.split("\t") for line in extended[1 + 2 * f * per_fold:1 + 2 * (f + 1) * per_fold]]
+        same, different = block[:per_fold], block[per_fold:]
+        assert all(len(p) == 3 and p[1] != p[2] for p in same) and all(len(p) == 4 and p[0] != p[2] for p in different)
+        fold_people.append({p[0] for p in same} | {n for p in different for n in (p[0], p[2])})
+        assert len({tuple(p) for p in block}) == len(block)  # no pair twice
+    assert set().union(*fold_people) <= set(held)
+    assert all(not (a & b) for i, a in enumerate(fold_people) for b in fold_people[i + 1:])  # person-disjoint
+    same_counts = {}
+    for line in extended[1:]:
+        if len(line.split("\t")) == 3:
+            same_counts[line.split("\t")[0]] = same_counts.get(line.split("\t")[0], 0) + 1
+    assert max(same_counts.values()) <= common.EXTENDED_SAME_PER_PERSON
+    assert common.draw_extended_pairs(people, held, seed=3) == extended  # seeded
+    assert common.draw_split(people, 60, 1, seed=3)[2] == lines  # the 600-pair file does not move
+    assert common.draw_extended_pairs({n: people[n][:1] for n in people}, held, seed=3) is None  # no same pair
+
+
 def test_suite_writes_one_record_per_run_resumes_and_never_mixes_recipes(tmp_path):
     done = run_suite(tmp_path, "--only", "baseline", "wd_1e-3", "--seeds", "0", "1", *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -71,6 +97,17 @@ def test_suite_writes_one_record_per_run_resumes_and_never_mixes_recipes(tmp_pat
     assert row["seeds"] == [0, 1] and row["paired"]["seeds"] == [0, 1]
     assert row["paired"]["mean"] == pytest.approx(np.mean([mine[s] - base[s] for s in (0, 1)]))
     assert "| wd_1e-3 |" in (tmp_path / "results" / "suite_ablations.md").read_text()
+
+    # each run's exported model was scored on the extended pairs; --rescore scores a record without
+    # them again from the kept model, to the same numbers
+    assert record["final_extended"]["pairs"] == 300 and 0 <= record["final_extended"]["accuracy"] <= 1
+    stripped = dict(record)
+    del stripped["final_extended"]
+    (folder / "wd_1e-3_seed1.json").write_text(json.dumps(stripped))
+    rescored = run_suite(tmp_path, "--rescore")
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert json.loads((folder / "wd_1e-3_seed1.json").read_text())["final_extended"] == record["final_extended"]
+    assert "### On the extended held-out pairs (300 pairs)" in (tmp_path / "results" / "suite_ablations.md").read_text()
 
     # another recipe into the same folder is refused, naming the record
     other = run_suite(tmp_path, "--only", "baseline", "--seeds", "0", "--set", "train.max_steps=3")
