@@ -625,7 +625,8 @@ def verify_model(model, bins, verification, threads):
     argv = [sys.executable, os.path.join(common.REPO, "tools", "verify.py"), "--model", model, "--bin", ",".join(bins),
             "--flip", verification["flip"], "--batch-size", str(verification["batch_size"]), "--json",
             "--no-progress", "--cpu"]
-    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"extended pairs: {model}: tools/verify.py failed: {done.stderr.strip().splitlines()[-1:]}")
     scores = json.loads(done.stdout.strip().splitlines()[-1])
