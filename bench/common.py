@@ -380,7 +380,11 @@ def throughput(out_dir):
 
 
 def verification_row(results, bin_name="heldout"):
-    scores = results["verification"][bin_name]
+    return scores_row(results["verification"][bin_name])
+
+
+def scores_row(scores):
+    """The verification numbers a benchmark record keeps, from one set's scores (trainer or verify.py)."""
     return {key: float(scores[key]) for key in ("accuracy", "accuracy_std", "tar_at_far_1e-3", "xnorm")
             if key in scores}
 

@@ -567,9 +567,6 @@ def run_one(args, suite_name, variant_name, seed):
                f"in {wall / 60:.1f} min -> {path}")
 
 
-SCORES = ("accuracy", "accuracy_std", "tar_at_far_1e-3", "xnorm")
-
-
 def score_extended(record, out_dir, threads, check=False):
     """The run's exported model (``out_dir``/model) scored by tools/verify.py on the split's extended
     held-out pairs (``common.extended_bin``), float32 as a user's verify.py would (the trainer's
@@ -600,7 +597,7 @@ def score_extended(record, out_dir, threads, check=False):
             return None
     common.log(f"extended pairs: {name}: {record['final']['accuracy']:.4f} on {record['split']['pairs']} pairs, "
                f"{scores[-1]['accuracy']:.4f} on {pairs}")
-    return dict({key: float(scores[-1][key]) for key in SCORES}, pairs=pairs)
+    return dict(common.scores_row(scores[-1]), pairs=pairs)
 
 
 def rescore(args, suite_name):
