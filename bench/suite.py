@@ -297,6 +297,14 @@ def paired_difference(accuracy_a, accuracy_b):
     return {"seeds": seeds, "mean": mean, "std": std, "ci95": [low, high]}
 
 
+def difference_verdict(difference, better="better", worse="worse"):
+    """A paired difference A - B read from its 95% interval."""
+    if len(difference["seeds"]) < 2:
+        return "one seed: no interval"
+    low, high = difference["ci95"]
+    return better if low > 0 else worse if high < 0 else "no difference shown"
+
+
 def judge_claim(c, accuracy_a, accuracy_b):
     """``c`` judged on {seed: accuracy} of its two rows, paired by the seeds both have.
 
@@ -338,10 +346,7 @@ def summarize(suite_name, suite, records, score="final"):
                "train_minutes": float(np.mean([runs[s]["train_wall_s"] for s in runs]) / 60) if runs else None}
         difference = paired_difference(accuracies(v["name"]), accuracies("baseline"))
         if v["name"] != "baseline" and difference:
-            low, high = difference["ci95"]
-            verdict = ("one seed: no interval" if len(difference["seeds"]) < 2 else
-                       "better" if low > 0 else "worse" if high < 0 else "no difference shown")
-            row["paired"] = dict(difference, verdict=verdict)
+            row["paired"] = dict(difference, verdict=difference_verdict(difference))
         rows.append(row)
 
     claims = [judge_claim(c, accuracies(c["a"]), accuracies(c["b"])) for c in suite.get("claims", ())]
@@ -617,6 +622,67 @@ def rescore(args, suite_name):
                 write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
+def row_records(out_root, spec):
+    """{seed: record} of the row ``SUITE:VARIANT``."""
+    suite, _, name = spec.partition(":")
+    if suite not in SUITES or not any(v["name"] == name for v in SUITES[suite]["variants"]):
+        raise SystemExit(f"--compare: {spec}: no such row (SUITE:VARIANT; --list shows them)")
+    return {r["seed"]: r for r in read_records(out_root, suite) if r["variant"] == name}
+
+
+# what a record's split says about its held-out pairs (the training side may differ between compared rows)
+HELD_OUT_KEYS = ("data", "fallback_to_sample", "heldout_people", "split_seed", "pairs")
+
+
+def compare_rows(out_root, spec_a, spec_b):
+    """Two rows of any suites (``SUITE:VARIANT``) paired by seed, on the 600 pairs and the extended
+    pairs, after checking that every run of both was scored on the same held-out pairs; with what
+    their recipes and training data differ in. Markdown."""
+    a, b = row_records(out_root, spec_a), row_records(out_root, spec_b)
+    if not a or not b:
+        raise SystemExit(f"--compare: {spec_a if not a else spec_b}: no finished runs")
+    held_out = {tuple(r["split"][k] for k in HELD_OUT_KEYS) for r in list(a.values()) + list(b.values())}
+    if len(held_out) > 1:
+        raise SystemExit(f"--compare: {spec_a} and {spec_b} were scored on different held-out pairs "
+                         f"({', '.join(HELD_OUT_KEYS)}: {sorted(held_out)})")
+
+    def recipe(r):
+        """The overrides as the trainer applies them (the last of a key wins), the config and the training data."""
+        settings = dict(o.split("=", 1) for o in r["overrides"] if not o.startswith("train.seed="))
+        settings.update({"config": r["config"], "start_from": r.get("start_from")},
+                        **{f"split.{k}": r["split"].get(k) for k in ("min_train_images", "train_fraction",
+                                                                     "train_people", "train_images")})
+        return settings
+
+    ra, rb = recipe(next(iter(a.values()))), recipe(next(iter(b.values())))
+    differs = [[k, ra.get(k, ""), rb.get(k, "")] for k in sorted(set(ra) | set(rb)) if ra.get(k) != rb.get(k)]
+    table = []
+    for score in ("final", "final_extended"):
+        acc_a = {s: r[score]["accuracy"] for s, r in a.items() if score in r}
+        acc_b = {s: r[score]["accuracy"] for s, r in b.items() if score in r}
+        difference = paired_difference(acc_a, acc_b)
+        if difference is None:
+            continue
+        pairs = next(r[score].get("pairs", r["split"]["pairs"]) for r in a.values() if score in r)
+        seeds = difference["seeds"]
+
+        def mean_std(acc):
+            values = [acc[s] for s in seeds]
+            return f"{np.mean(values):.4f}" + (f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else "")
+
+        interval = "" if math.isnan(difference["ci95"][0]) else \
+            f"[{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}]"
+        table.append([pairs, ",".join(map(str, seeds)), mean_std(acc_a), mean_std(acc_b), f"{difference['mean']:+.4f}",
+                      interval, difference_verdict(difference, f"{spec_a} above", f"{spec_b} above")])
+    return "\n".join([
+        f"### {spec_a} against {spec_b}", "",
+        "Where they differ:", "", common.markdown_table(["setting", spec_a, spec_b], differs), "",
+        common.markdown_table(["held-out pairs", "paired seeds", spec_a, spec_b, "mean A - B", "95% interval",
+                               "verdict"], table), "",
+        "Paired by seed (the seeds both rows have); the interval is Student's t over the paired differences.",
+    ])
+
+
 def verify_model(model, bins, verification, threads):
     """tools/verify.py's scores of an exported model on ``bins``, with the run's flip and batch size."""
     argv = [sys.executable, os.path.join(common.REPO, "tools", "verify.py"), "--model", model, "--bin", ",".join(bins),
@@ -652,6 +718,9 @@ def parse_args(argv=None):
     p.add_argument("--rescore", action="store_true",
                    help="score the kept models of finished runs on the extended held-out pairs (more pairs of "
                         "the same held-out people), then render; new runs score them as they finish")
+    p.add_argument("--compare", nargs=2, metavar=("SUITE:VARIANT", "SUITE:VARIANT"),
+                   help="print two rows of any suites paired by seed (e.g. heads:baseline mining:pretrained: the "
+                        "same recipe on fewer people), on both sets of held-out pairs; runs nothing")
     p.add_argument("--out-root", default=common.RESULTS_DIR, help="records go to OUT_ROOT/suite_NAME/")
     p.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     common.add_split_args(p)
@@ -665,6 +734,9 @@ def main(argv=None):
     suite = SUITES[args.suite]
     if args.run_one:
         return run_one(args, args.suite, args.run_one[0], int(args.run_one[1]))
+    if args.compare:
+        print(compare_rows(args.out_root, *args.compare))
+        return
     if args.list:
         for name, s in SUITES.items():
             done = {(r["variant"], r["seed"]) for r in read_records(args.out_root, name)}

@@ -213,3 +213,49 @@ def test_data_scaling_plots_each_seed_at_its_training_image_count(tmp_path):
     # suites without a plot write none
     suite.render_all(str(tmp_path), "heads")
     assert not (tmp_path / "suite_heads.png").exists()
+
+
+def test_compare_pairs_two_rows_of_different_suites_by_seed_on_the_same_held_out_pairs(tmp_path):
+    held_out = {"data": "lfw-devtrain", "fallback_to_sample": False, "heldout_people": 300, "pairs": 600,
+                "split_seed": 0, "train_fraction": 1.0}
+    rows = {("heads", "baseline"): (1, 8081, (0.87, 0.85, 0.86), {0: 0.850, 1: 0.840}),
+            ("mining", "pretrained"): (3, 4403, (0.89, 0.88, 0.90), {0: 0.870, 1: 0.875, 2: 0.880})}
+    overrides = {"heads": ["train.max_steps=800", "loss.name=softmax"], "mining": ["loss.name=softmax", "train.max_steps=800"]}
+    for (suite_name, name), (min_images, images, accs, extended) in rows.items():
+        for seed, acc in enumerate(accs):
+            record = {"suite": suite_name, "variant": name, "seed": seed, "config": "configs/lfw_devtrain.yaml",
+                      "overrides": overrides[suite_name] + [f"train.seed={seed}"], "final": {"accuracy": acc},
+                      "split": dict(held_out, min_train_images=min_images, train_images=images)}
+            if seed in extended:
+                record["final_extended"] = {"accuracy": extended[seed], "pairs": 1860}
+            path = suite.record_path(str(tmp_path), suite_name, name, seed)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(record, f)
+
+    text = suite.compare_rows(str(tmp_path), "heads:baseline", "mining:pretrained")
+    lines = text.splitlines()
+    # only what differs is listed: the same overrides in another order are the same recipe; the seed is not a setting
+    assert "| split.min_train_images | 1 | 3 |" in lines and "| split.train_images | 8081 | 4403 |" in lines
+    assert not any(line.startswith(("| loss.name", "| train.max_steps", "| train.seed")) for line in lines)
+    d = np.array([0.87 - 0.89, 0.85 - 0.88, 0.86 - 0.90])
+    half = 4.303 * d.std(ddof=1) / np.sqrt(3)
+    assert (f"| 600 | 0,1,2 | 0.8600 ± 0.0100 | 0.8900 ± 0.0100 | {d.mean():+.4f} | "
+            f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] | mining:pretrained above |") in lines
+    # the extended pairs pair only the seeds both rows were scored on
+    d = np.array([0.850 - 0.870, 0.840 - 0.875])
+    half = 12.706 * d.std(ddof=1) / np.sqrt(2)
+    assert (f"| 1860 | 0,1 | 0.8450 ± 0.0071 | 0.8725 ± 0.0035 | -0.0275 | [{d.mean() - half:+.3f}, "
+            f"{d.mean() + half:+.3f}] | no difference shown |") in lines
+
+    other = suite.record_path(str(tmp_path), "mining", "pretrained", 2)
+    record = json.load(open(other))
+    record["split"]["split_seed"] = 1
+    with open(other, "w") as f:
+        json.dump(record, f)
+    with pytest.raises(SystemExit, match="different held-out pairs"):
+        suite.compare_rows(str(tmp_path), "heads:baseline", "mining:pretrained")
+    with pytest.raises(SystemExit, match="heads:nope: no such row"):
+        suite.compare_rows(str(tmp_path), "heads:nope", "mining:pretrained")
+    with pytest.raises(SystemExit, match="heads:km: no finished runs"):
+        suite.compare_rows(str(tmp_path), "heads:km", "mining:pretrained")
