@@ -26,6 +26,8 @@ Suites (``--list``):
 * ``final``: issue 17 part 4's last step, the best changes of ``ablations`` combined, at the
   60-minute recipe, against the config as it is; the best row becomes configs/lfw_devtrain.yaml.
 * ``heads``: issue 14, every head under the accuracy goal's recipe (bfloat16) for 800 steps.
+* ``data_selection``: issue 17 part 3 at the heads recipe: all training people against those
+  with at least 2, 3 or 5 photos (its min3 row is the mining suite's pretrained network).
 * ``mining``: issue 14, MassFace's triplet fine-tuning with each mining strategy against softmax
   fine-tuning of the same network for the same images.
 
@@ -54,9 +56,9 @@ def variant(name, change, overrides=(), split=None, config=None, start_from=None
     """One row of a suite: ``overrides`` (``--set`` items) and ``split`` (changes of the split:
     ``min_train_images``, ``train_fraction``) on top of the suite's recipe; ``config`` instead of
     the suite's; ``start_from``: fine-tune the network of that variant's run with the same seed
-    (its classifier is not loaded); ``same_as``: the row of that name in that suite, which trains
-    the same thing (checked by :func:`check_shared_rows`): its runs are trained once, recorded
-    there and shown in both."""
+    (its classifier is not loaded); ``same_as``: "SUITE" (the row of the same name there) or
+    "SUITE:ROW", a row that trains the same thing (checked by :func:`check_shared_rows`): its runs
+    are trained once, recorded there and shown in both."""
     return {"name": name, "change": change, "overrides": list(overrides), "split": dict(split or {}),
             "config": config, "start_from": start_from, "same_as": same_as}
 
@@ -81,6 +83,8 @@ EMB_256 = ["model.embedding_size=256"]
 JITTER_CUTOFF = ["data.color_jitter=0.125", "data.cutoff=32"]
 PHOTOMETRIC = ["data.grayscale=0.2", "data.blur=0.2", "data.jpeg=0.3"]
 HEAD_SOFTMAX = ["loss.name=softmax", "loss.params={}"]
+HEADS_RECIPE = ["train.max_steps=800", "optimizer.warmup_steps=45", "verification.every=0",
+                "output.checkpoint_every=0", "output.keep=1", "train.log_every=50"]
 SIXTY_MINUTES = ["train.time_budget_minutes=60", "verification.every=0", "output.checkpoint_every=0", "output.keep=1",
                  "train.log_every=100"]
 
@@ -157,11 +161,10 @@ SUITES = {
                        "runs in about 6.5 hours; the goal run's held-out curve gains 2 points from step 600 to 1,200), "
                        "baseline softmax",
         "config": GOAL_CONFIG,
-        "recipe": ["train.max_steps=800", "optimizer.warmup_steps=45", "verification.every=0",
-                   "output.checkpoint_every=0", "output.keep=1", "train.log_every=50"],
+        "recipe": HEADS_RECIPE,
         "seeds": [0, 1, 2],
         "variants": [
-            variant("baseline", "softmax", ["loss.name=softmax", "loss.params={}"]),
+            variant("baseline", "softmax", HEAD_SOFTMAX),
             variant("l2softmax", "L2-softmax, alpha 16", ["loss.name=l2softmax", "loss.params={alpha: 16.0}"]),
             variant("km", "Knot Magnify, gamma 2", ["loss.name=km", "loss.params={gamma: 2.0}"]),
             variant("km_center", "Knot Magnify + centre loss (configs/km_center.yaml)",
@@ -224,6 +227,24 @@ SUITES["mining"] = {
     ],
 }
 
+# issue 17 part 3 at a short budget: which people to train on. The mining suite's pretrained network is
+# this recipe on the people with >= 3 photos (so its runs are this suite's min3 row).
+SUITES["data_selection"] = {
+    "issue": 17,
+    "description": "which training people help: the heads suite's softmax recipe (configs/lfw_devtrain.yaml with "
+                   "softmax, 800 steps x 64, about 13 minutes a run) on all training people and on those with at "
+                   "least 2, 3 or 5 photos; the held-out pairs unchanged",
+    "config": GOAL_CONFIG, "recipe": HEADS_RECIPE, "seeds": [0, 1, 2], "plot": "training_images",
+    "variants": [
+        variant("baseline", "all training people (singletons are classes): the heads suite's softmax runs",
+                HEAD_SOFTMAX, same_as="heads"),
+        variant("min2", "only people with >= 2 photos", HEAD_SOFTMAX, split={"min_train_images": 2}),
+        variant("min3", "only people with >= 3 photos: the mining suite's pretrained network", HEAD_SOFTMAX,
+                split={"min_train_images": 3}, same_as="mining:pretrained"),
+        variant("min5", "only people with >= 5 photos", HEAD_SOFTMAX, split={"min_train_images": 5}),
+    ],
+}
+
 # two-sided 95% quantiles of Student's t, by degrees of freedom
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
@@ -250,24 +271,42 @@ def results_dir(out_root, suite):
     return os.path.join(out_root, f"suite_{suite}")
 
 
+def home_row(suite_name, v):
+    """(suite, row) where the runs of ``suite_name``'s row ``v`` are trained and recorded."""
+    if not v["same_as"]:
+        return suite_name, v["name"]
+    home, _, name = v["same_as"].partition(":")
+    return home, name or v["name"]
+
+
 def record_path(out_root, suite, name, seed):
     """Where the record of (``suite``'s row ``name``, ``seed``) is: a shared row's is in its home suite."""
     v = next((v for v in SUITES[suite]["variants"] if v["name"] == name), None) if suite in SUITES else None
-    home = v["same_as"] if v and v["same_as"] else suite
-    return os.path.join(results_dir(out_root, home), f"{name}_seed{seed}.json")
+    home, home_name = home_row(suite, v) if v else (suite, name)
+    return os.path.join(results_dir(out_root, home), f"{home_name}_seed{seed}.json")
 
 
 def read_records(out_root, suite):
-    """The records of ``suite``'s rows, those of shared rows (``same_as``) from their home suite."""
-    shared = {v["name"]: v["same_as"] for v in SUITES[suite]["variants"] if v["same_as"]} if suite in SUITES else {}
+    """The records of ``suite``'s rows, those of shared rows (``same_as``) from their home suite under
+    the row's name here."""
+    variants = SUITES[suite]["variants"] if suite in SUITES else []
+    shared = {home_row(suite, v): v["name"] for v in variants if v["same_as"]}  # (home, row there) -> row here
+    own_shared = {v["name"] for v in variants if v["same_as"]}
     records = []
-    for home in [suite] + sorted(set(shared.values())):
+    for home in [suite] + sorted({h for h, _ in shared} - {suite}):
         for path in sorted(glob.glob(os.path.join(results_dir(out_root, home), "*_seed*.json"))):
             with open(path) as f:
                 record = json.load(f)
-            if (home == suite and record["variant"] not in shared) or shared.get(record["variant"]) == home != suite:
+            if home == suite and record["variant"] not in own_shared:
                 records.append(record)
+            elif (home, record["variant"]) in shared and home != suite:
+                records.append(dict(record, variant=shared[(home, record["variant"])]))
     return records
+
+
+def settings(overrides):
+    """--set items as the trainer applies them: the last of a key wins, their order is no recipe."""
+    return dict(o.split("=", 1) for o in overrides)
 
 
 def check_shared_rows():
@@ -277,11 +316,12 @@ def check_shared_rows():
         for v in suite["variants"]:
             if not v["same_as"]:
                 continue
-            home = SUITES[v["same_as"]]
-            twin = next((h for h in home["variants"] if h["name"] == v["name"]), None)
+            home_name, twin_name = home_row(name, v)
+            home = SUITES[home_name]
+            twin = next((h for h in home["variants"] if h["name"] == twin_name), None)
             same = twin is not None and not twin["same_as"] and \
                 (v["config"] or suite["config"]) == (twin["config"] or home["config"]) and \
-                suite["recipe"] + v["overrides"] == home["recipe"] + twin["overrides"] and \
+                settings(suite["recipe"] + v["overrides"]) == settings(home["recipe"] + twin["overrides"]) and \
                 {**suite.get("split", {}), **v["split"]} == {**home.get("split", {}), **twin["split"]} and \
                 v["start_from"] is None and twin["start_from"] is None
             if not same:
@@ -453,8 +493,9 @@ def render_all(out_root, suite_name):
     if suite.get("plot") == "training_images" and records:
         plot_against_training_images(summary, records, prefix + ".png")
         text += (f"\n\nFigure: `suite_{suite_name}.png` (held-out accuracy against the number of training "
-                 "images, log scale; one dot per seed, the line through the means of the rows that keep every "
-                 "person's photos).")
+                 "images, log scale, on the 600 pairs and, where runs have them, the extended pairs; one dot per "
+                 "seed, the line through the means of the rows that keep every person's photos; squares: rows "
+                 "that leave people with few photos out).")
     write_text_atomic(prefix + ".json", json.dumps(summary, indent=1) + "\n")
     write_text_atomic(prefix + ".md", text + "\n")
     return text
@@ -466,31 +507,39 @@ def plot_against_training_images(summary, records, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    by_variant = {}
-    for r in records:
-        by_variant.setdefault(r["variant"], []).append(r)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    curve = []
-    for i, row in enumerate(summary["rows"]):
-        runs = by_variant.get(row["variant"], [])
-        if not runs:
-            continue
-        images = [r["split"]["train_images"] for r in runs]
-        accs = [r["final"]["accuracy"] for r in runs]
-        on_curve = all(r["split"]["min_train_images"] == 1 for r in runs)
-        label = f"{row['variant']}: {runs[0]['split']['train_people']} people, {len(runs)} seed(s)"
-        ax.scatter(images, accs, color=f"C{i}", marker="o" if on_curve else "s", label=label, zorder=3)
-        if on_curve:
-            curve.append((float(np.mean(images)), float(np.mean(accs))))
-    if len(curve) > 1:
-        xs, ys = zip(*sorted(curve))
-        ax.plot(xs, ys, color="0.5", zorder=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images")
-    ax.set_ylabel(f"held-out accuracy ({records[0]['split']['pairs']} pairs)")
-    ax.set_title(f"suite {summary['suite']}: {summary['config']} + {' '.join(summary['recipe'][:1])}", fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    # one panel per score: the 600 pairs, and the extended pairs where any run has them
+    scores = [("final", f"{records[0]['split']['pairs']} pairs")]
+    extended = [r["final_extended"]["pairs"] for r in records if "final_extended" in r]
+    if extended:
+        scores.append(("final_extended", f"{extended[0]} extended pairs"))
+    fig, axes = plt.subplots(1, len(scores), figsize=(6 * len(scores), 4), squeeze=False)
+    for ax, (score, pairs) in zip(axes[0], scores):
+        by_variant = {}
+        for r in records:
+            if score in r:
+                by_variant.setdefault(r["variant"], []).append(r)
+        curve = []
+        for i, row in enumerate(summary["rows"]):
+            runs = by_variant.get(row["variant"], [])
+            if not runs:
+                continue
+            images = [r["split"]["train_images"] for r in runs]
+            accs = [r[score]["accuracy"] for r in runs]
+            on_curve = all(r["split"]["min_train_images"] == 1 for r in runs)
+            label = f"{row['variant']}: {runs[0]['split']['train_people']} people, {len(runs)} seed(s)"
+            ax.scatter(images, accs, color=f"C{i}", marker="o" if on_curve else "s", label=label, zorder=3)
+            if on_curve:
+                curve.append((float(np.mean(images)), float(np.mean(accs))))
+        if len(curve) > 1:
+            xs, ys = zip(*sorted(curve))
+            ax.plot(xs, ys, color="0.5", zorder=2)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images")
+        ax.set_ylabel(f"held-out accuracy ({pairs})")
+        ax.set_title(f"suite {summary['suite']}: {summary['config']} + {' '.join(summary['recipe'][:1])}",
+                     fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=90)
@@ -534,7 +583,7 @@ def finished(out_root, suite_name, v, seed, extra):
         return False
     with open(path) as f:
         made_with = json.load(f).get("overrides")
-    if made_with != run_overrides(SUITES[suite_name], v, seed, extra):
+    if made_with is None or settings(made_with) != settings(run_overrides(SUITES[suite_name], v, seed, extra)):
         raise SystemExit(f"suite: {path}: made with other overrides ({' '.join(made_with or [])}); "
                          "use another --out-root for this recipe")
     return True
@@ -548,14 +597,15 @@ def run_one(args, suite_name, variant_name, seed):
     for key, value in {**suite.get("split", {}), **v["split"]}.items():
         setattr(split_args, key, value)
     manifest, env = common.start(split_args)
-    out_dir = run_dir(args.work_dir, suite_name, variant_name, seed)
+    home, home_name = home_row(suite_name, v)  # a shared row trains as its home row
+    out_dir = run_dir(args.work_dir, home, home_name, seed)
     config_path = os.path.join(common.REPO, v["config"] or suite["config"])
     pretrained = start_network(args.work_dir, suite_name, v, seed) if v["start_from"] else None
     overrides = ([f"data.root={manifest['rec']}", f"verification.bins={manifest['bin']}", f"output.dir={out_dir}",
                   f"data.num_workers={args.workers}"] + run_overrides(suite, v, seed, args.set))
     common.log(f"suite {suite_name}: {variant_name} seed {seed} ({v['change']})")
     results, wall, config = common.run_training(config_path, overrides, pretrained=pretrained)
-    record = {"suite": v["same_as"] or suite_name, "variant": variant_name, "seed": seed, "change": v["change"],
+    record = {"suite": home, "variant": home_name, "seed": seed, "change": v["change"],
               "config": v["config"] or suite["config"], "start_from": v["start_from"], "overrides": run_overrides(suite, v, seed, args.set),
               "split": manifest, "environment": env, "final": common.verification_row(results),
               "steps": int(results.get("steps", config.train.max_steps)),

@@ -200,6 +200,7 @@ def test_data_scaling_plots_each_seed_at_its_training_image_count(tmp_path):
         for seed, acc in enumerate(accs):
             record = {"suite": "data_scaling", "variant": name, "seed": seed, "samples_per_sec": 60.0,
                       "steps": 3200, "train_wall_s": 3600.0, "final": {"accuracy": acc},
+                      "final_extended": {"accuracy": acc - 0.01, "pairs": 1860},
                       "split": dict(split, train_fraction=fraction, min_train_images=min_images,
                                     train_images=images, train_people=people)}
             path = suite.record_path(str(tmp_path), "data_scaling", name, seed)
@@ -210,6 +211,7 @@ def test_data_scaling_plots_each_seed_at_its_training_image_count(tmp_path):
     assert "Figure: `suite_data_scaling.png`" in text
     image = cv2.imread(str(tmp_path / "suite_data_scaling.png"))
     assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+    assert image.shape[1] == 2 * 6 * 90 and image.shape[0] == 4 * 90  # a panel each: 600 and extended pairs
     # suites without a plot write none
     suite.render_all(str(tmp_path), "heads")
     assert not (tmp_path / "suite_heads.png").exists()
@@ -259,3 +261,37 @@ def test_compare_pairs_two_rows_of_different_suites_by_seed_on_the_same_held_out
         suite.compare_rows(str(tmp_path), "heads:nope", "mining:pretrained")
     with pytest.raises(SystemExit, match="heads:km: no finished runs"):
         suite.compare_rows(str(tmp_path), "heads:km", "mining:pretrained")
+
+
+def test_a_shared_row_may_have_another_name_in_its_home_suite(tmp_path):
+    """data_selection's min3 is the mining suite's pretrained network: recorded there, shown here as min3."""
+    suite.check_shared_rows()  # the real definitions: the same settings, whatever the order of the overrides
+    min3 = next(v for v in suite.SUITES["data_selection"]["variants"] if v["name"] == "min3")
+    assert suite.home_row("data_selection", min3) == ("mining", "pretrained")
+    path = suite.record_path(str(tmp_path), "data_selection", "min3", 0)
+    assert path == os.path.join(str(tmp_path), "suite_mining", "pretrained_seed0.json")
+    mining = suite.SUITES["mining"]
+    pretrained = next(v for v in mining["variants"] if v["name"] == "pretrained")
+    record = {"suite": "mining", "variant": "pretrained", "seed": 0, "samples_per_sec": 60.0, "steps": 800,
+              "train_wall_s": 780.0, "final": {"accuracy": 0.89},
+              "overrides": suite.run_overrides(mining, pretrained, 0, [])}
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump(record, f)
+    shown = {r["variant"]: r for r in suite.read_records(str(tmp_path), "data_selection")}
+    assert list(shown) == ["min3"] and shown["min3"]["final"]["accuracy"] == 0.89
+    assert [r["variant"] for r in suite.read_records(str(tmp_path), "mining")] == ["pretrained"]
+    # finished under either name: the overrides are the same settings in another order
+    assert suite.run_overrides(suite.SUITES["data_selection"], min3, 0, []) != record["overrides"]
+    assert suite.finished(str(tmp_path), "data_selection", min3, 0, [])
+    with pytest.raises(SystemExit, match="made with other overrides"):
+        suite.finished(str(tmp_path), "data_selection", min3, 0, ["train.max_steps=400"])
+
+    original = suite.SUITES["data_selection"]
+    renamed = [dict(v, split={"min_train_images": 2}) if v["name"] == "min3" else v for v in original["variants"]]
+    suite.SUITES["data_selection"] = dict(original, variants=renamed)
+    try:
+        with pytest.raises(SystemExit, match="min3 is not the same run as suite mining:pretrained's"):
+            suite.check_shared_rows()
+    finally:
+        suite.SUITES["data_selection"] = original
