@@ -305,8 +305,14 @@ def read_records(out_root, suite):
 
 
 def settings(overrides):
-    """--set items as the trainer applies them: the last of a key wins, their order is no recipe."""
-    return dict(o.split("=", 1) for o in overrides)
+    """--set items as the trainer applies them: the last of a key wins, so their order is no part of
+    the recipe, unless one key nests in another (``loss.params`` and ``loss.params.s``): then the
+    list as it is, order and all."""
+    pairs = [o.split("=", 1) for o in overrides]
+    keys = {k for k, _ in pairs}
+    if any(b.startswith(a + ".") for a in keys for b in keys):
+        return list(overrides)
+    return dict(pairs)
 
 
 def check_shared_rows():

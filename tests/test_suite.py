@@ -295,3 +295,12 @@ def test_a_shared_row_may_have_another_name_in_its_home_suite(tmp_path):
             suite.check_shared_rows()
     finally:
         suite.SUITES["data_selection"] = original
+
+
+def test_recipes_compare_as_settings_unless_keys_nest():
+    assert suite.settings(["a.b=1", "c=2", "a.b=3"]) == suite.settings(["c=2", "a.b=3"])
+    assert suite.settings(["a.b=1", "c=2"]) != suite.settings(["a.b=1", "c=3"])
+    # loss.params={} then loss.params.s=64 is not loss.params.s=64 then loss.params={}
+    nested = ["loss.params={}", "loss.params.s=64"]
+    assert suite.settings(nested) != suite.settings(nested[::-1])
+    assert suite.settings(nested) == suite.settings(list(nested))
