@@ -114,7 +114,7 @@ def test_suite_writes_one_record_per_run_resumes_and_never_mixes_recipes(tmp_pat
     assert other.returncode != 0 and "baseline_seed0.json: made with other overrides" in other.stderr
 
 
-def test_a_shared_row_is_trained_once_and_shown_in_both_suites(tmp_path):
+def test_a_shared_row_is_trained_once_and_shown_in_both_suites(tmp_path, monkeypatch):
     suite.check_shared_rows()  # the real definitions: data_scaling's baseline is final's
     tiny = ["--set", "train.time_budget_minutes=0", "train.max_steps=2", "data.batch_size=8", "train.precision=float32"]
     argv = [sys.executable, os.path.join(REPO, "bench", "suite.py"), "--data", str(tmp_path / "no-such-folder"),
@@ -137,13 +137,9 @@ def test_a_shared_row_is_trained_once_and_shown_in_both_suites(tmp_path):
         json.loads((home / "baseline_seed0.json").read_text())["final"]["accuracy"]
 
     mismatched = dict(suite.SUITES["data_scaling"], recipe=suite.SUITES["data_scaling"]["recipe"] + ["data.blur=0.2"])
-    original = suite.SUITES["data_scaling"]
-    suite.SUITES["data_scaling"] = mismatched
-    try:
-        with pytest.raises(SystemExit, match="baseline is not the same run as suite final's"):
-            suite.check_shared_rows()
-    finally:
-        suite.SUITES["data_scaling"] = original
+    monkeypatch.setitem(suite.SUITES, "data_scaling", mismatched)  # restored after the test
+    with pytest.raises(SystemExit, match="baseline is not the same run as suite final's"):
+        suite.check_shared_rows()
 
 
 def test_claims_are_judged_on_the_paired_interval():
@@ -263,7 +259,7 @@ def test_compare_pairs_two_rows_of_different_suites_by_seed_on_the_same_held_out
         suite.compare_rows(str(tmp_path), "heads:km", "mining:pretrained")
 
 
-def test_a_shared_row_may_have_another_name_in_its_home_suite(tmp_path):
+def test_a_shared_row_may_have_another_name_in_its_home_suite(tmp_path, monkeypatch):
     """data_selection's min3 is the mining suite's pretrained network: recorded there, shown here as min3."""
     suite.check_shared_rows()  # the real definitions: the same settings, whatever the order of the overrides
     min3 = next(v for v in suite.SUITES["data_selection"]["variants"] if v["name"] == "min3")
@@ -289,12 +285,9 @@ def test_a_shared_row_may_have_another_name_in_its_home_suite(tmp_path):
 
     original = suite.SUITES["data_selection"]
     renamed = [dict(v, split={"min_train_images": 2}) if v["name"] == "min3" else v for v in original["variants"]]
-    suite.SUITES["data_selection"] = dict(original, variants=renamed)
-    try:
-        with pytest.raises(SystemExit, match="min3 is not the same run as suite mining:pretrained's"):
-            suite.check_shared_rows()
-    finally:
-        suite.SUITES["data_selection"] = original
+    monkeypatch.setitem(suite.SUITES, "data_selection", dict(original, variants=renamed))  # restored after the test
+    with pytest.raises(SystemExit, match="min3 is not the same run as suite mining:pretrained's"):
+        suite.check_shared_rows()
 
 
 def test_recipes_compare_as_settings_unless_keys_nest():
