@@ -304,15 +304,19 @@ def read_records(out_root, suite):
     return records
 
 
+def last_values(overrides):
+    """--set items as a dict of key -> value, the last of a key winning, as the trainer applies them."""
+    return dict(o.split("=", 1) for o in overrides)
+
+
 def settings(overrides):
     """--set items as the trainer applies them: the last of a key wins, so their order is no part of
     the recipe, unless one key nests in another (``loss.params`` and ``loss.params.s``): then the
     list as it is, order and all."""
-    pairs = [o.split("=", 1) for o in overrides]
-    keys = {k for k, _ in pairs}
+    keys = set(last_values(overrides))
     if any(b.startswith(a + ".") for a in keys for b in keys):
         return list(overrides)
-    return dict(pairs)
+    return last_values(overrides)
 
 
 def check_shared_rows():
@@ -704,7 +708,7 @@ def compare_rows(out_root, spec_a, spec_b):
 
     def recipe(r):
         """The overrides as the trainer applies them (the last of a key wins), the config and the training data."""
-        settings = dict(o.split("=", 1) for o in r["overrides"] if not o.startswith("train.seed="))
+        settings = last_values(o for o in r["overrides"] if not o.startswith("train.seed="))
         settings.update({"config": r["config"], "start_from": r.get("start_from")},
                         **{f"split.{k}": r["split"].get(k) for k in ("min_train_images", "train_fraction",
                                                                      "train_people", "train_images")})
