@@ -152,6 +152,11 @@ SUITES = {
                     EMB_256 + PHOTOMETRIC),
             variant("softmax_emb256", "plain softmax + embedding 256 (the proxy's two highest rows)",
                     HEAD_SOFTMAX + EMB_256),
+            # data_selection: leaving the single-photo people out gained 2 points at 800 steps
+            variant("min2", "only people with >= 2 photos: the runs of suite data_scaling's min2",
+                    split={"min_train_images": 2}, same_as="data_scaling"),
+            variant("softmax_min2", "plain softmax, only people with >= 2 photos (data_selection's min2 at 60 minutes)",
+                    HEAD_SOFTMAX, split={"min_train_images": 2}),
         ],
     },
     "heads": {
