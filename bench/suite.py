@@ -343,12 +343,19 @@ def check_shared_rows():
                 raise SystemExit(f"suite {name}: row {v['name']} is not the same run as suite {v['same_as']}'s")
 
 
+# accuracies are multiples of 1/pairs, so a few seeds can give the same difference each by chance; their
+# sample std is then 0 and the t interval a point, which would read as certainty from no spread at all
+NO_SPREAD = "the same difference on every seed: no spread, no interval"
+
+
 def paired_difference(accuracy_a, accuracy_b):
     """A - B over the seeds both {seed: accuracy} have: seeds, mean, std and 95% interval (None if no seed)."""
     seeds = sorted(set(accuracy_a) & set(accuracy_b))
     if not seeds:
         return None
     mean, std, low, high = paired_interval([accuracy_a[s] - accuracy_b[s] for s in seeds])
+    if len(seeds) > 1 and std < 1e-9:  # NO_SPREAD (float rounding leaves ~1e-17 of an exact 0)
+        std, low, high = 0.0, math.nan, math.nan
     return {"seeds": seeds, "mean": mean, "std": std, "ci95": [low, high]}
 
 
@@ -356,6 +363,8 @@ def difference_verdict(difference, better="better", worse="worse"):
     """A paired difference A - B read from its 95% interval."""
     if len(difference["seeds"]) < 2:
         return "one seed: no interval"
+    if difference["std"] == 0:
+        return NO_SPREAD
     low, high = difference["ci95"]
     return better if low > 0 else worse if high < 0 else "no difference shown"
 
@@ -371,6 +380,8 @@ def judge_claim(c, accuracy_a, accuracy_b):
     judged = dict(c, **difference)
     if len(difference["seeds"]) < 2:
         return dict(judged, verdict="not shown (one seed)")
+    if difference["std"] == 0:
+        return dict(judged, verdict=f"not shown ({NO_SPREAD})")
     low, high = difference["ci95"]
     floor = 0.0 if c["relation"] == ">" else -AT_OR_ABOVE_TOLERANCE
     verdict = "held" if low > floor else "contradicted" if high < 0 else "not shown"

@@ -166,6 +166,11 @@ def test_claims_are_judged_on_the_paired_interval():
     # pairs only where both rows have the seed; one pair is never a verdict
     assert suite.judge_claim(above, {0: 0.9, 5: 0.9}, b)["verdict"] == "not shown (one seed)"
     assert suite.judge_claim(above, {}, b)["verdict"] == "not run"
+    # accuracies are multiples of 1/pairs: the same difference on every seed (7 of 600 pairs each) has no
+    # spread, and its zero-width t interval is no verdict, for a claim or a row
+    same_gain = suite.judge_claim(above, {0: 0.8700 + 7 / 600, 1: 0.8967 + 7 / 600}, {0: 0.8700, 1: 0.8967})
+    assert same_gain["verdict"] == f"not shown ({suite.NO_SPREAD})" and np.isnan(same_gain["ci95"][0])
+    assert suite.difference_verdict(suite.paired_difference({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5})) == suite.NO_SPREAD
     with pytest.raises(ValueError, match="relation"):
         suite.claim("P", "A below B", "a", "<", "b")
 
