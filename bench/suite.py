@@ -262,12 +262,20 @@ def t95(df):
     return T95[below] if df < 30 else 1.96 + 2.4 / df  # within 0.002 of the exact value beyond 30
 
 
+# accuracies are multiples of 1/pairs, so a few seeds can give the same difference each by chance; their
+# sample std is then 0 and the t interval a point, which would read as certainty from no spread at all
+NO_SPREAD = "the same difference on every seed: no spread, no interval"
+
+
 def paired_interval(differences):
-    """(mean, std, low, high) of paired differences; the interval is mean +- t * std / sqrt(n)."""
+    """(mean, std, low, high) of paired differences; the interval is mean +- t * std / sqrt(n). No
+    interval (NaN) from one difference, nor from differences that are all the same (NO_SPREAD: std 0)."""
     d = np.asarray(differences, dtype=float)
     if len(d) < 2:
         return float(d.mean()), float("nan"), float("nan"), float("nan")
     std = float(d.std(ddof=1))
+    if std < 1e-9:  # float rounding leaves ~1e-17 of an exact 0
+        return float(d.mean()), 0.0, float("nan"), float("nan")
     half = t95(len(d) - 1) * std / math.sqrt(len(d))
     return float(d.mean()), std, float(d.mean() - half), float(d.mean() + half)
 
@@ -318,10 +326,10 @@ def settings(overrides):
     """--set items as the trainer applies them: the last of a key wins, so their order is no part of
     the recipe, unless one key nests in another (``loss.params`` and ``loss.params.s``): then the
     list as it is, order and all."""
-    keys = set(last_values(overrides))
-    if any(b.startswith(a + ".") for a in keys for b in keys):
+    values = last_values(overrides)
+    if any(b.startswith(a + ".") for a in values for b in values):
         return list(overrides)
-    return last_values(overrides)
+    return values
 
 
 def check_shared_rows():
@@ -343,19 +351,12 @@ def check_shared_rows():
                 raise SystemExit(f"suite {name}: row {v['name']} is not the same run as suite {v['same_as']}'s")
 
 
-# accuracies are multiples of 1/pairs, so a few seeds can give the same difference each by chance; their
-# sample std is then 0 and the t interval a point, which would read as certainty from no spread at all
-NO_SPREAD = "the same difference on every seed: no spread, no interval"
-
-
 def paired_difference(accuracy_a, accuracy_b):
     """A - B over the seeds both {seed: accuracy} have: seeds, mean, std and 95% interval (None if no seed)."""
     seeds = sorted(set(accuracy_a) & set(accuracy_b))
     if not seeds:
         return None
     mean, std, low, high = paired_interval([accuracy_a[s] - accuracy_b[s] for s in seeds])
-    if len(seeds) > 1 and std < 1e-9:  # NO_SPREAD (float rounding leaves ~1e-17 of an exact 0)
-        std, low, high = 0.0, math.nan, math.nan
     return {"seeds": seeds, "mean": mean, "std": std, "ci95": [low, high]}
 
 

@@ -33,6 +33,7 @@ def test_paired_interval_is_students_t_over_the_differences():
     half = 3.182 * expected_std / 2  # t(0.975, 3 degrees of freedom) * s / sqrt(4)
     assert (low, high) == (pytest.approx(0.03 - half), pytest.approx(0.03 + half))
     assert np.isnan(suite.paired_interval([0.02])[2])  # one pair: no interval
+    assert suite.paired_interval([0.02, 0.02])[1:3] == (0.0, pytest.approx(float("nan"), nan_ok=True))  # no spread
 
 
 def test_train_fraction_keeps_the_held_out_pairs():
