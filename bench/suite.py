@@ -711,6 +711,8 @@ def row_records(out_root, spec):
     return {r["seed"]: r for r in read_records(out_root, suite) if r["variant"] == name}
 
 
+CONFIG_VALUE = "(the config's)"
+
 # what a record's split says about its held-out pairs (the training side may differ between compared rows)
 HELD_OUT_KEYS = ("data", "fallback_to_sample", "heldout_people", "split_seed", "pairs")
 
@@ -736,7 +738,9 @@ def compare_rows(out_root, spec_a, spec_b):
         return settings
 
     ra, rb = recipe(next(iter(a.values()))), recipe(next(iter(b.values())))
-    differs = [[k, ra.get(k, ""), rb.get(k, "")] for k in sorted(set(ra) | set(rb)) if ra.get(k) != rb.get(k)]
+    # a key one row does not override keeps the value of that row's config
+    differs = [[k, ra.get(k, CONFIG_VALUE), rb.get(k, CONFIG_VALUE)] for k in sorted(set(ra) | set(rb))
+               if ra.get(k) != rb.get(k)]
     table = []
     for score in ("final", "final_extended"):
         acc_a = {s: r[score]["accuracy"] for s, r in a.items() if score in r}

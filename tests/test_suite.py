@@ -224,7 +224,8 @@ def test_compare_pairs_two_rows_of_different_suites_by_seed_on_the_same_held_out
                 "split_seed": 0, "train_fraction": 1.0}
     rows = {("heads", "baseline"): (1, 8081, (0.87, 0.85, 0.86), {0: 0.850, 1: 0.840}),
             ("mining", "pretrained"): (3, 4403, (0.89, 0.88, 0.90), {0: 0.870, 1: 0.875, 2: 0.880})}
-    overrides = {"heads": ["train.max_steps=800", "loss.name=softmax"], "mining": ["loss.name=softmax", "train.max_steps=800"]}
+    overrides = {"heads": ["train.max_steps=800", "loss.name=softmax", "optimizer.lr=0.05"],
+                 "mining": ["loss.name=softmax", "train.max_steps=800"]}
     for (suite_name, name), (min_images, images, accs, extended) in rows.items():
         for seed, acc in enumerate(accs):
             record = {"suite": suite_name, "variant": name, "seed": seed, "config": "configs/lfw_devtrain.yaml",
@@ -241,6 +242,7 @@ def test_compare_pairs_two_rows_of_different_suites_by_seed_on_the_same_held_out
     lines = text.splitlines()
     # only what differs is listed: the same overrides in another order are the same recipe; the seed is not a setting
     assert "| split.min_train_images | 1 | 3 |" in lines and "| split.train_images | 8081 | 4403 |" in lines
+    assert "| optimizer.lr | 0.05 | (the config's) |" in lines
     assert not any(line.startswith(("| loss.name", "| train.max_steps", "| train.seed")) for line in lines)
     d = np.array([0.87 - 0.89, 0.85 - 0.88, 0.86 - 0.90])
     half = 4.303 * d.std(ddof=1) / np.sqrt(3)
