@@ -17,7 +17,8 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
 def test_config_trains(path, sample_rec, tmp_path):
     overrides = [f"data.root={sample_rec}", f"output.dir={tmp_path}", "train.max_steps=3", "data.batch_size=8",
-                 "verification.bins=", "train.log_every=1", "output.checkpoint_every=0", "optimizer.warmup_steps=1"]
+                 "verification.bins=", "train.log_every=1", "output.checkpoint_every=0", "optimizer.warmup_steps=1",
+                 "train.time_budget_minutes=0"]  # a time budget would replace max_steps (tests/test_ema_budget.py)
     if "semi_online" in path:
         overrides.append("loss.params.pool_batches=2")
     if "iresnet" in open(path).read():  # the recipe's settings, on the small network (test time)

@@ -305,3 +305,15 @@ def test_recipes_compare_as_settings_unless_keys_nest():
     nested = ["loss.params={}", "loss.params.s=64"]
     assert suite.settings(nested) != suite.settings(nested[::-1])
     assert suite.settings(nested) == suite.settings(list(nested))
+
+
+def test_every_run_of_every_suite_is_a_valid_config():
+    """Each (suite, row)'s config with the row's overrides loads and validates, so a suite never fails
+    an hour in on a typo; the suites' base is the frozen CosFace recipe its records were made with."""
+    from recognition.engine.config import load_config
+    for name, spec in suite.SUITES.items():
+        for v in spec["variants"]:
+            path = os.path.join(REPO, v["config"] or spec["config"])
+            load_config(path, suite.run_overrides(spec, v, 0, []), check_paths=False)
+    base = load_config(os.path.join(REPO, suite.SUITE_BASE), check_paths=False)
+    assert (base.loss.name, base.train.max_steps, base.train.time_budget_minutes) == ("cosface", 3600, 0)
