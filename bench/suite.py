@@ -162,8 +162,8 @@ SUITES = {
             variant("softmax_min2", "plain softmax, only people with >= 2 photos (data_selection's min2 at 60 minutes)",
                     HEAD_SOFTMAX, split={"min_train_images": 2}),
             # the min2 runs classify every training batch without error from a fifth (softmax) to a third
-            # (CosFace) of the run: at 44 epochs augmentation may matter where the 600-step proxy (6 epochs,
-            # no memorising) could not show it
+            # (CosFace) of the run: at 44 epochs augmentation might matter where the 600-step proxy (6 epochs,
+            # no memorising) could not show it (measured: no difference, and it memorises as early)
             variant("softmax_min2_aug", "softmax_min2 + colour jitter 0.125, cutoff 32 + grayscale 0.2, blur 0.2, "
                     "JPEG 0.3", HEAD_SOFTMAX + JITTER_CUTOFF + PHOTOMETRIC, split={"min_train_images": 2}),
         ],
