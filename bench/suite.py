@@ -301,6 +301,11 @@ def home_row(suite_name, v):
     return home, name or v["name"]
 
 
+def row_config(suite, v):
+    """The config file ``suite``'s row ``v`` trains from: the row's own, else the suite's."""
+    return v["config"] or suite["config"]
+
+
 def record_path(out_root, suite, name, seed):
     """Where the record of (``suite``'s row ``name``, ``seed``) is: a shared row's is in its home suite."""
     v = next((v for v in SUITES[suite]["variants"] if v["name"] == name), None) if suite in SUITES else None
@@ -352,7 +357,7 @@ def check_shared_rows():
             home = SUITES[home_name]
             twin = next((h for h in home["variants"] if h["name"] == twin_name), None)
             same = twin is not None and not twin["same_as"] and \
-                (v["config"] or suite["config"]) == (twin["config"] or home["config"]) and \
+                row_config(suite, v) == row_config(home, twin) and \
                 settings(suite["recipe"] + v["overrides"]) == settings(home["recipe"] + twin["overrides"]) and \
                 {**suite.get("split", {}), **v["split"]} == {**home.get("split", {}), **twin["split"]} and \
                 v["start_from"] is None and twin["start_from"] is None
@@ -635,14 +640,14 @@ def run_one(args, suite_name, variant_name, seed):
     manifest, env = common.start(split_args)
     home, home_name = home_row(suite_name, v)  # a shared row trains as its home row
     out_dir = run_dir(args.work_dir, home, home_name, seed)
-    config_path = os.path.join(common.REPO, v["config"] or suite["config"])
+    config_path = os.path.join(common.REPO, row_config(suite, v))
     pretrained = start_network(args.work_dir, suite_name, v, seed) if v["start_from"] else None
     overrides = ([f"data.root={manifest['rec']}", f"verification.bins={manifest['bin']}", f"output.dir={out_dir}",
                   f"data.num_workers={args.workers}"] + run_overrides(suite, v, seed, args.set))
     common.log(f"suite {suite_name}: {variant_name} seed {seed} ({v['change']})")
     results, wall, config = common.run_training(config_path, overrides, pretrained=pretrained)
     record = {"suite": home, "variant": home_name, "seed": seed, "change": v["change"],
-              "config": v["config"] or suite["config"], "start_from": v["start_from"], "overrides": run_overrides(suite, v, seed, args.set),
+              "config": row_config(suite, v), "start_from": v["start_from"], "overrides": run_overrides(suite, v, seed, args.set),
               "split": manifest, "environment": env, "final": common.verification_row(results),
               "steps": int(results.get("steps", config.train.max_steps)),
               "train_wall_s": round(wall, 1), "samples_per_sec": common.throughput(out_dir),

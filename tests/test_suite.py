@@ -313,7 +313,7 @@ def test_every_run_of_every_suite_is_a_valid_config():
     from recognition.engine.config import load_config
     for name, spec in suite.SUITES.items():
         for v in spec["variants"]:
-            path = os.path.join(REPO, v["config"] or spec["config"])
+            path = os.path.join(REPO, suite.row_config(spec, v))
             load_config(path, suite.run_overrides(spec, v, 0, []), check_paths=False)
     base = load_config(os.path.join(REPO, suite.SUITE_BASE), check_paths=False)
     assert (base.loss.name, base.train.max_steps, base.train.time_budget_minutes) == ("cosface", 3600, 0)
