@@ -642,12 +642,13 @@ def run_one(args, suite_name, variant_name, seed):
     out_dir = run_dir(args.work_dir, home, home_name, seed)
     config_path = os.path.join(common.REPO, row_config(suite, v))
     pretrained = start_network(args.work_dir, suite_name, v, seed) if v["start_from"] else None
+    recipe = run_overrides(suite, v, seed, args.set)  # what the record names; the paths below are this machine's
     overrides = ([f"data.root={manifest['rec']}", f"verification.bins={manifest['bin']}", f"output.dir={out_dir}",
-                  f"data.num_workers={args.workers}"] + run_overrides(suite, v, seed, args.set))
+                  f"data.num_workers={args.workers}"] + recipe)
     common.log(f"suite {suite_name}: {variant_name} seed {seed} ({v['change']})")
     results, wall, config = common.run_training(config_path, overrides, pretrained=pretrained)
     record = {"suite": home, "variant": home_name, "seed": seed, "change": v["change"],
-              "config": row_config(suite, v), "start_from": v["start_from"], "overrides": run_overrides(suite, v, seed, args.set),
+              "config": row_config(suite, v), "start_from": v["start_from"], "overrides": recipe,
               "split": manifest, "environment": env, "final": common.verification_row(results),
               "steps": int(results.get("steps", config.train.max_steps)),
               "train_wall_s": round(wall, 1), "samples_per_sec": common.throughput(out_dir),
