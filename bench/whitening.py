@@ -71,7 +71,9 @@ def score_run(record_file, args):
         scores[name] = {kind: verify_pairs(apply_whitening(held, m), issame)["accuracy"] for kind, m in maps.items()}
         scores[name]["pairs"] = int(len(issame))
         common.log(f"  {name} pairs: " + ", ".join(f"{k} {scores[name][k]:.4f}" for k in KINDS))
-    return {"record": os.path.relpath(record_file, common.REPO), "suite": record["suite"],
+    where = os.path.abspath(record_file)
+    inside = where.startswith(common.REPO + os.sep)
+    return {"record": os.path.relpath(where, common.REPO) if inside else where, "suite": record["suite"],
             "variant": record["variant"], "seed": record["seed"], "recorded_600": record["final"]["accuracy"],
             "train_images": int(len(labels)), "train_people": int(len(np.unique(labels))),
             "shrink": args.shrink, "flip": flip, "scores": scores}
@@ -86,8 +88,8 @@ def summarise(runs):
             summary[f"{name}:{kind}"] = {"runs": len(diffs), "mean": mean, "std": std, "low": low, "high": high,
                                          "differences": diffs}
             interval = "" if np.isnan(low) else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
-            verdict = ("" if np.isnan(low) else "better" if low > 0 else "worse" if high < 0 else
-                       "no difference shown")
+            verdict = ("one run: no interval" if len(diffs) < 2 else suite.NO_SPREAD if np.isnan(low) else
+                       "better" if low > 0 else "worse" if high < 0 else "no difference shown")
             table.append([name, kind, len(diffs), " ".join(f"{100 * d:+.1f}" for d in diffs), f"{100 * mean:+.2f}",
                           interval, verdict])
     per_run = [[f"{r['suite']}:{r['variant']} seed {r['seed']}", r["train_people"], r["train_images"]]
