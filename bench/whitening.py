@@ -18,8 +18,6 @@ import numpy as np
 import common
 import suite
 
-KINDS = ("none", "center", "pca", "wccn")
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -57,7 +55,7 @@ def score_run(record_file, args):
     from recognition.data.binfile import load_bin
     from recognition.evaluation import embed_images, verify_pairs
     from recognition.evaluation.embed import load_exported_model
-    from recognition.evaluation.whitening import apply_whitening, fit_whitening
+    from recognition.evaluation.whitening import KINDS, apply_whitening, fit_whitening
     net, _ = load_exported_model(model)
     flip, batch = verification["flip"], verification["batch_size"]
     common.log(f"{record_file}: embedding {record['split']['train_images']} training images")
@@ -80,27 +78,28 @@ def score_run(record_file, args):
 
 
 def summarise(runs):
+    kinds = [k for k in runs[0]["scores"]["600"] if k != "pairs"]  # "none" first, as score_run wrote them
     table, summary = [], {}
     for name in ("600", "extended"):
-        for kind in KINDS[1:]:
+        for kind in kinds[1:]:
             diffs = [r["scores"][name][kind] - r["scores"][name]["none"] for r in runs]
-            mean, std, low, high = suite.paired_interval(diffs)
+            difference = suite.paired_difference({i: r["scores"][name][kind] for i, r in enumerate(runs)},
+                                                 {i: r["scores"][name]["none"] for i, r in enumerate(runs)})
+            mean, std, (low, high) = difference["mean"], difference["std"], difference["ci95"]
             summary[f"{name}:{kind}"] = {"runs": len(diffs), "mean": mean, "std": std, "low": low, "high": high,
                                          "differences": diffs}
             interval = "" if np.isnan(low) else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
-            verdict = ("one run: no interval" if len(diffs) < 2 else suite.NO_SPREAD if np.isnan(low) else
-                       "better" if low > 0 else "worse" if high < 0 else "no difference shown")
             table.append([name, kind, len(diffs), " ".join(f"{100 * d:+.1f}" for d in diffs), f"{100 * mean:+.2f}",
-                          interval, verdict])
+                          interval, suite.difference_verdict(difference)])
     per_run = [[f"{r['suite']}:{r['variant']} seed {r['seed']}", r["train_people"], r["train_images"]]
-               + [f"{r['scores'][name][k]:.4f}" for name in ("600", "extended") for k in KINDS] for r in runs]
-    pairs = runs[0]["scores"]["extended"]["pairs"] if runs else 0
+               + [f"{r['scores'][name][k]:.4f}" for name in ("600", "extended") for k in kinds] for r in runs]
+    pairs = runs[0]["scores"]["extended"]["pairs"]
     markdown = "\n".join([
         "## Embeddings mapped by a fit on the training people, held-out pairs", "",
         f"Maps of `recognition.evaluation.whitening` fitted on each run's training embeddings (shrink "
-        f"{runs[0]['shrink'] if runs else ''}), held-out accuracy on the 600 and {pairs} extended pairs.", "",
+        f"{runs[0]['shrink']}), held-out accuracy on the 600 and {pairs} extended pairs.", "",
         common.markdown_table(["run", "training people", "images"] + [f"{k} ({name})" for name in
-                                                                      ("600", "extended") for k in KINDS], per_run), "",
+                                                                      ("600", "extended") for k in kinds], per_run), "",
         "Difference to `none` (the plain cosine of tools/verify.py), paired by run, points; interval: Student's t "
         "over the runs.", "",
         common.markdown_table(["pairs", "map", "runs", "per run", "mean", "95% interval", "verdict"], table), "",

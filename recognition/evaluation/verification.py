@@ -39,14 +39,20 @@ def kfold_splits(n, n_splits=10):
     return splits
 
 
-def pair_distances(embeddings):
-    """(2P, D) embeddings, pair i at rows 2i and 2i+1 -> squared L2 distances (P,) after L2
-    normalisation (zero rows stay zero, like sklearn.preprocessing.normalize)."""
+def l2_normalise(embeddings):
+    """Rows scaled to unit L2 norm, float64; zero rows stay zero (like sklearn.preprocessing.normalize)."""
     embeddings = np.asarray(embeddings, dtype=np.float64)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings / np.where(norms == 0, 1.0, norms)
+
+
+def pair_distances(embeddings):
+    """(2P, D) embeddings, pair i at rows 2i and 2i+1 -> squared L2 distances (P,) after
+    :func:`l2_normalise`."""
+    embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or len(embeddings) % 2:
         raise ValueError(f"embeddings must be (2P, D), got shape {embeddings.shape}")
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    normalised = embeddings / np.where(norms == 0, 1.0, norms)
+    normalised = l2_normalise(embeddings)
     diff = normalised[0::2] - normalised[1::2]
     return np.sum(np.square(diff), 1)
 

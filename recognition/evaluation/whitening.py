@@ -16,13 +16,9 @@ Whitening divides by the square roots of the covariance's eigenvalues; the small
 """
 import numpy as np
 
+from .verification import l2_normalise
+
 KINDS = ("none", "center", "pca", "wccn")
-
-
-def l2_normalise(features):
-    features = np.asarray(features, dtype=np.float64)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.where(norms == 0, 1.0, norms)
 
 
 def within_class_covariance(features, labels):
