@@ -1,12 +1,14 @@
 """Does a linear map fitted on the training people's embeddings raise held-out verification accuracy?
 
-For each finished suite run given (its record under bench/results/suite_*/ and its exported model
-under work_dirs), embed every training image of the run's split with the model (the run's flip
-fusion), fit the maps of ``recognition.evaluation.whitening`` (centre, PCA whitening, within-class
-whitening; shrink fixed before any run was scored) and score the split's held-out pairs (600 and
-the 1,860 extended) through each, against the plain cosine that tools/verify.py computes. Nothing of
-the held-out people enters a fit. Each run's scores are written when done and reused when the
-command is run again; the summary pairs every map with "none" over the runs.
+For each finished run given (a suite record under bench/results/suite_*/ or bench/product_goal.py's
+result, and the run's exported model under work_dirs), embed every training image of the run's
+split with the model (the run's flip fusion), fit the maps of ``recognition.evaluation.whitening``
+(centre, PCA whitening, within-class whitening; shrink fixed before any run was scored) and score
+the split's held-out pairs (600 and the 1,860 extended) through each, against the plain cosine that
+tools/verify.py computes. Nothing of the held-out people enters a fit. A model that does not score
+the record's held-out pairs as recorded is another run's and is refused. Each run's scores are
+written when done and reused when the command is run again; the summary pairs every map with
+"none" over the runs.
 """
 import argparse
 import json
@@ -23,10 +25,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("records", nargs="*", metavar="RECORD.json",
-                   help="suite records (bench/results/suite_NAME/ROW_seedN.json) whose models are under --work-dir")
+                   help="suite records (bench/results/suite_NAME/ROW_seedN.json) or bench/product_goal.py's "
+                        "result (bench/results/product_goal.json) whose models are under --work-dir")
     p.add_argument("--shrink", type=float, default=0.1,
                    help="added to every covariance eigenvalue before whitening, in units of their mean")
-    p.add_argument("--work-dir", default=common.DEFAULT_WORK_DIR, help="where the suite's runs are")
+    p.add_argument("--work-dir", default=common.DEFAULT_WORK_DIR, help="where the runs are (the benchmarks' --work-dir)")
     p.add_argument("--threads", type=int, default=2, help="OpenMP threads for MXNet")
     p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "whitening"),
                    help="folder of the per-run JSON and the summary (summary.md / summary.json)")
@@ -43,10 +46,8 @@ def training_embeddings(net, rec_root, flip, batch_size):
     return embed_images(net, images, batch_size, flip, progress=True), dataset.label_array()
 
 
-def score_run(record_file, args):
-    with open(record_file) as f:
-        record = json.load(f)
-    run = suite.run_dir(args.work_dir, record["suite"], record["variant"], record["seed"])
+def score_run(record_file, record, args):
+    _, label, run = suite.kept_run(record, args.work_dir)
     model = os.path.join(run, "model")
     if not os.path.isfile(model + "-symbol.json"):
         raise SystemExit(f"whitening: {record_file}: no exported model at {model}-symbol.json")
@@ -58,21 +59,31 @@ def score_run(record_file, args):
     from recognition.evaluation.whitening import KINDS, apply_whitening, fit_whitening
     net, _ = load_exported_model(model)
     flip, batch = verification["flip"], verification["batch_size"]
+
+    def held_out(path):
+        images, issame = load_bin(path)
+        return embed_images(net, images, batch, flip), issame
+
+    extended, _ = common.extended_bin(record["split"])
+    if not extended:
+        raise SystemExit(f"whitening: {record_file}: too few held-out people for the extended pairs")
+    pair_sets = {"600": held_out(record["split"]["bin"])}
+    mismatch = suite.another_model(verify_pairs(*pair_sets["600"]), record["final"])
+    if mismatch:
+        raise SystemExit(f"whitening: {record_file}: the model at {model} {mismatch}: another run's model")
+    pair_sets["extended"] = held_out(extended)
     common.log(f"{record_file}: embedding {record['split']['train_images']} training images")
     train, labels = training_embeddings(net, record["split"]["rec"], flip, batch)
     maps = {kind: fit_whitening(train, labels, kind, args.shrink) for kind in KINDS}
-    extended, _ = common.extended_bin(record["split"])
     scores = {}
-    for name, path in (("600", record["split"]["bin"]), ("extended", extended)):
-        images, issame = load_bin(path)
-        held = embed_images(net, images, batch, flip)
+    for name, (held, issame) in pair_sets.items():
         scores[name] = {kind: verify_pairs(apply_whitening(held, m), issame)["accuracy"] for kind, m in maps.items()}
         scores[name]["pairs"] = int(len(issame))
         common.log(f"  {name} pairs: " + ", ".join(f"{k} {scores[name][k]:.4f}" for k in KINDS))
     where = os.path.abspath(record_file)
     inside = where.startswith(common.REPO + os.sep)
-    return {"record": os.path.relpath(where, common.REPO) if inside else where, "suite": record["suite"],
-            "variant": record["variant"], "seed": record["seed"], "recorded_600": record["final"]["accuracy"],
+    return {"record": os.path.relpath(where, common.REPO) if inside else where, "run": label,
+            "recorded_600": record["final"]["accuracy"],
             "train_images": int(len(labels)), "train_people": int(len(np.unique(labels))),
             "shrink": args.shrink, "flip": flip, "scores": scores}
 
@@ -91,7 +102,7 @@ def summarise(runs):
             interval = "" if np.isnan(low) else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
             table.append([name, kind, len(diffs), " ".join(f"{100 * d:+.1f}" for d in diffs), f"{100 * mean:+.2f}",
                           interval, suite.difference_verdict(difference)])
-    per_run = [[f"{r['suite']}:{r['variant']} seed {r['seed']}", r["train_people"], r["train_images"]]
+    per_run = [[r["run"], r["train_people"], r["train_images"]]
                + [f"{r['scores'][name][k]:.4f}" for name in ("600", "extended") for k in kinds] for r in runs]
     pairs = runs[0]["scores"]["extended"]["pairs"]
     markdown = "\n".join([
@@ -103,7 +114,8 @@ def summarise(runs):
         "Difference to `none` (the plain cosine of tools/verify.py), paired by run, points; interval: Student's t "
         "over the runs.", "",
         common.markdown_table(["pairs", "map", "runs", "per run", "mean", "95% interval", "verdict"], table), "",
-        "Command: `python bench/whitening.py bench/results/suite_NAME/ROW_seedN.json ...` (reuses finished runs; "
+        "Command: `python bench/whitening.py bench/results/suite_NAME/ROW_seedN.json bench/results/product_goal.json "
+        "...` (reuses finished runs; "
         "`--render` rebuilds this summary).",
     ])
     return {"runs": runs, "differences": summary}, markdown
@@ -116,11 +128,11 @@ def main(argv=None):
     for record_file in [] if args.render else args.records:
         with open(record_file) as f:
             record = json.load(f)
-        path = os.path.join(args.out, f"{record['suite']}_{record['variant']}_seed{record['seed']}.json")
+        path = os.path.join(args.out, suite.kept_run(record, args.work_dir)[0] + ".json")
         if os.path.isfile(path):
             common.log(f"{path}: done already")
             continue
-        common.write_text_atomic(path, json.dumps(score_run(record_file, args), indent=1) + "\n")
+        common.write_text_atomic(path, json.dumps(score_run(record_file, record, args), indent=1) + "\n")
     runs = []
     for name in sorted(os.listdir(args.out)):
         if name.endswith(".json") and name != "summary.json":

@@ -1,5 +1,5 @@
 """The evaluation command lines end to end on a tiny exported model (built here, independent of
-recognition.models): verify, embed, rec_info, rec2images, export (ONNX Runtime equality; also on
+recognition.models): verify, embed, rec_info, rec2images, export, ensemble (ONNX Runtime equality; also on
 small recognition.models backbones, whose PReLU the tiny model lacks)."""
 import json
 import os
@@ -27,7 +27,7 @@ from recognition.data.binfile import load_bin, write_bin  # noqa: E402
 from recognition.data.record import RecordDataset, encode_jpeg  # noqa: E402
 from recognition.evaluation import embed_images, evaluate  # noqa: E402
 
-TOOLS = ["verify", "make_bin", "embed", "rec_info", "rec2images", "export"]
+TOOLS = ["verify", "make_bin", "embed", "rec_info", "rec2images", "export", "ensemble"]
 
 
 def tool(name, *args, timeout=120):
@@ -125,6 +125,35 @@ def test_verify_end_to_end(model, bins, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "[lfwpart] accuracy" in proc.stdout and "[synth] accuracy" in proc.stdout
     assert "epoch 1" in proc.stdout and "XNorm" in proc.stdout and "TAR@FAR=1e-3" in proc.stdout
+
+
+def test_ensemble_is_the_members_normalised_side_by_side_and_verify_takes_it(model, bins, tmp_path):
+    net, prefix = model
+    other = build_tiny_net(seed=13)  # the same parameter names as the first: the tool must rename them
+    other(mx.nd.zeros((1, 3, 112, 112)))
+    other.export(str(tmp_path / "other"), epoch=5)
+    out = tmp_path / "ens" / "model"
+    proc = tool("ensemble", "--models", prefix, f"{tmp_path / 'other'},5", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 members" in proc.stdout and sorted(os.listdir(out.parent)) == ["model-0000.params", "model-symbol.json"]
+    from recognition.evaluation.embed import load_exported_model
+    ensemble, _ = load_exported_model(str(out))
+    faces = mx.nd.array(random_faces(6, seed=14).transpose(0, 3, 1, 2).astype(np.float32))
+    members = [m(faces).asnumpy().astype(np.float64) for m in (net, other)]
+    got = ensemble(faces).asnumpy().astype(np.float64)
+    unit = [m / np.linalg.norm(m, axis=1, keepdims=True) for m in members]
+    assert got == pytest.approx(np.concatenate(unit, axis=1) / np.sqrt(2), abs=1e-5)
+    # the cosine it gives a pair is the mean of the members' cosines
+    assert got[0] @ got[1] == pytest.approx(np.mean([u[0] @ u[1] for u in unit]), abs=1e-5)
+    proc = tool("verify", "--model", out, "--bin", bins[0], "--json", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert 0 <= json.loads(proc.stdout)["lfwpart"]["accuracy"] <= 1
+
+    for models, message in (([prefix], "at least 2 models"), ([prefix, str(tmp_path / "missing")],
+                                                              "missing-symbol.json: model symbol file not found")):
+        proc = tool("ensemble", "--models", *models, "--out", tmp_path / "bad" / "model")
+        assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "bad").exists() or not os.listdir(tmp_path / "bad")
 
 
 def test_verify_refuses_bad_inputs(model, tmp_path):
