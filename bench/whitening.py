@@ -54,21 +54,24 @@ def score_run(record_file, record, args):
     with open(os.path.join(run, "config.json")) as f:
         verification = json.load(f)["verification"]
     from recognition.data.binfile import load_bin
-    from recognition.evaluation import embed_images, verify_pairs
+    from recognition.evaluation import embed_shared, verify_pairs
     from recognition.evaluation.embed import load_exported_model
     from recognition.evaluation.whitening import KINDS, apply_whitening, fit_whitening
     net, _ = load_exported_model(model)
     flip, batch = verification["flip"], verification["batch_size"]
 
     def held_out(path):
+        """Fused embeddings, the pairs, and XNorm as verify.py reports it (of the views before fusion)."""
         images, issame = load_bin(path)
-        return embed_images(net, images, batch, flip), issame
+        embeddings, norms = embed_shared(net, images, batch, flip)
+        return embeddings, issame, float(np.mean(norms))
 
     extended, _ = common.extended_bin(record["split"])
     if not extended:
         raise SystemExit(f"whitening: {record_file}: too few held-out people for the extended pairs")
     pair_sets = {"600": held_out(record["split"]["bin"])}
-    mismatch = suite.another_model(verify_pairs(*pair_sets["600"]), record["final"])
+    held, issame, xnorm = pair_sets["600"]
+    mismatch = suite.another_model(verify_pairs(held, issame, xnorm=xnorm), record["final"])
     if mismatch:
         raise SystemExit(f"whitening: {record_file}: the model at {model} {mismatch}: another run's model")
     pair_sets["extended"] = held_out(extended)
@@ -76,7 +79,7 @@ def score_run(record_file, record, args):
     train, labels = training_embeddings(net, record["split"]["rec"], flip, batch)
     maps = {kind: fit_whitening(train, labels, kind, args.shrink) for kind in KINDS}
     scores = {}
-    for name, (held, issame) in pair_sets.items():
+    for name, (held, issame, _) in pair_sets.items():
         scores[name] = {kind: verify_pairs(apply_whitening(held, m), issame)["accuracy"] for kind, m in maps.items()}
         scores[name]["pairs"] = int(len(issame))
         common.log(f"  {name} pairs: " + ", ".join(f"{k} {scores[name][k]:.4f}" for k in KINDS))
