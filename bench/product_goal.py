@@ -71,8 +71,10 @@ def main(argv=None):
     started = time.time()
     results, wall, config = common.run_training(args.config, overrides)
     curve = common.logged_scalars(os.path.join(out_dir, "logs"), "verification/heldout/accuracy")
+    steps = int(results.get("steps", config.train.max_steps))
+    fitted = f" (fitted to {config.train.time_budget_minutes:g} minutes)" if config.train.time_budget_minutes else ""
     setup = (f"{config.model.name}-{config.model.embedding_size or 'default'} + {config.loss.name} "
-             f"{config.loss.params}, {config.train.precision}, {config.train.max_steps} steps x batch "
+             f"{config.loss.params}, {config.train.precision}, {steps} steps{fitted} x batch "
              f"{config.data.batch_size}, SGD lr {config.optimizer.lr} {config.optimizer.schedule} "
              f"(warmup {config.optimizer.warmup_steps}), wd {config.optimizer.wd}, flip {config.data.flip}, "
              f"single process x {env['omp_threads']} OpenMP threads, test-time flip {config.verification.flip} "
