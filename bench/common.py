@@ -399,6 +399,25 @@ def markdown_table(headers, rows):
     return "\n".join(lines)
 
 
+def write_part(path, compute):
+    """Write ``compute()``'s JSON to ``path`` (atomically), unless a finished part is there already."""
+    if os.path.isfile(path):
+        log(f"{path}: done already")
+        return
+    write_text_atomic(path, json.dumps(compute(), indent=1) + "\n")
+
+
+def finished_parts(folder):
+    """The per-part JSON a resumable benchmark wrote under ``folder`` (one file a finished part, beside
+    its summary.json), in the order of their names."""
+    parts = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json") and name != "summary.json":
+            with open(os.path.join(folder, name)) as f:
+                parts.append(json.load(f))
+    return parts
+
+
 def write_outputs(out_prefix, result, markdown):
     """``OUT.json`` and ``OUT.md`` (atomically); prints the Markdown then the JSON on stdout."""
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)

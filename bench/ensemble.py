@@ -79,7 +79,11 @@ def score_group(members, records, args):
         if mismatch:
             raise SystemExit(f"ensemble: {args.members[members[0]]}: the model at {model} {mismatch}: "
                              f"another run's model")
+    common.log(f"{' + '.join(run[1] for run in runs)}: {scores[0]['accuracy']:.4f} on the 600 pairs, "
+               f"{scores[1]['accuracy']:.4f} on the extended")
     return {"members": [run[1] for run in runs], "size": len(members),
+            "member_minutes": float(np.mean([records[m]["train_wall_s"] / 60 for m in members])),
+            "minutes": float(sum(records[m]["train_wall_s"] / 60 for m in members)),
             "600": common.scores_row(scores[0]), "extended": common.scores_row(scores[1]),
             "pairs": {"600": split["pairs"], "extended": extended_pairs}}
 
@@ -136,18 +140,8 @@ def main(argv=None):
     records = [load(path) for path in args.members]
     for members in [] if args.render else groups(len(records)):
         name = "+".join(suite.kept_run(records[m], args.work_dir)[0] for m in members)
-        path = os.path.join(args.out, name + ".json")
-        if os.path.isfile(path):
-            common.log(f"{path}: done already")
-            continue
-        result = score_group(members, records, args)
-        result["member_minutes"] = float(np.mean([records[m]["train_wall_s"] / 60 for m in members]))
-        result["minutes"] = float(sum(records[m]["train_wall_s"] / 60 for m in members))
-        common.log(f"{name}: {result['600']['accuracy']:.4f} on the 600 pairs, "
-                   f"{result['extended']['accuracy']:.4f} on the extended")
-        common.write_text_atomic(path, json.dumps(result, indent=1) + "\n")
-    results = [load(os.path.join(args.out, n)) for n in sorted(os.listdir(args.out))
-               if n.endswith(".json") and n != "summary.json"]
+        common.write_part(os.path.join(args.out, name + ".json"), lambda: score_group(members, records, args))
+    results = common.finished_parts(args.out)
     if not results:
         raise SystemExit(f"ensemble: no finished groups under {args.out}")
     baseline = [os.path.abspath(path) for path in args.baseline]

@@ -131,16 +131,9 @@ def main(argv=None):
     for record_file in [] if args.render else args.records:
         with open(record_file) as f:
             record = json.load(f)
-        path = os.path.join(args.out, suite.kept_run(record, args.work_dir)[0] + ".json")
-        if os.path.isfile(path):
-            common.log(f"{path}: done already")
-            continue
-        common.write_text_atomic(path, json.dumps(score_run(record_file, record, args), indent=1) + "\n")
-    runs = []
-    for name in sorted(os.listdir(args.out)):
-        if name.endswith(".json") and name != "summary.json":
-            with open(os.path.join(args.out, name)) as f:
-                runs.append(json.load(f))
+        common.write_part(os.path.join(args.out, suite.kept_run(record, args.work_dir)[0] + ".json"),
+                          lambda: score_run(record_file, record, args))
+    runs = common.finished_parts(args.out)
     if not runs:
         raise SystemExit(f"whitening: no finished runs under {args.out}")
     result, markdown = summarise(runs)
