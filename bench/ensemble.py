@@ -88,6 +88,12 @@ def score_group(members, records, args):
             "pairs": {"600": split["pairs"], "extended": extended_pairs}}
 
 
+def accuracy_cell(values):
+    """Mean (± std where there are several) and each value."""
+    spread = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.4f}{spread} ({', '.join(f'{v:.3f}' for v in values)})"
+
+
 def summarise(results, baselines):
     """Accuracy by ensemble size (mean ± std over its disjoint groups) and the single full-budget networks."""
     sizes = sorted({r["size"] for r in results})
@@ -99,8 +105,7 @@ def summarise(results, baselines):
         for name in ("600", "extended"):
             values = [r[name]["accuracy"] for r in of_size]
             entry[name] = values
-            spread = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
-            cells.append(f"{np.mean(values):.4f}{spread} ({', '.join(f'{v:.3f}' for v in values)})")
+            cells.append(accuracy_cell(values))
         summary["sizes"][str(size)] = entry
         member_minutes = np.mean([r["member_minutes"] for r in of_size])
         rows.append([f"{size} x {member_minutes:.0f} min" + (" (members alone)" if size == 1 else ""), len(of_size),
@@ -110,8 +115,7 @@ def summarise(results, baselines):
         for name, key in (("600", "final"), ("extended", "final_extended")):
             values = [b[key]["accuracy"] for b in baselines if key in b]
             summary["baseline"][name] = values
-            spread = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
-            cells.append(f"{np.mean(values):.4f}{spread} ({', '.join(f'{v:.3f}' for v in values)})" if values else "")
+            cells.append(accuracy_cell(values) if values else "")
         minutes = np.mean([b["train_wall_s"] / 60 for b in baselines])
         rows.append([f"1 x {minutes:.0f} min (the whole budget, one network)", len(baselines), f"{minutes:.0f}"] + cells)
     pairs = results[0]["pairs"]

@@ -11,6 +11,7 @@ import os
 
 import mxnet as mx
 
+from ..data.record import error_line
 from .embed import ModelError, parse_model_spec
 
 
@@ -26,8 +27,7 @@ def _member(spec, prefix):
         symbol = mx.sym.load_json(json.dumps(graph))
         saved = mx.nd.load(params_file)
     except (OSError, ValueError, KeyError, mx.base.MXNetError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{symbol_file}: cannot be read as an exported model ({message})") from None
+        raise ModelError(f"{symbol_file}: cannot be read as an exported model ({error_line(err)})") from None
     if prefix + "data" not in symbol.list_arguments():
         raise ModelError(f"{symbol_file}: no input named 'data'")
     params = {}
