@@ -166,6 +166,15 @@ def test_verify_refuses_bad_inputs(model, tmp_path):
     assert not marker.exists()
     proc = tool("verify", "--model", str(tmp_path / "missing"), "--bin", evil)
     assert proc.returncode != 0 and "missing-symbol.json" in proc.stderr
+    # a params file cut short (an interrupted copy): MXNet's own check, not its C++ traceback's first line
+    cut = tmp_path / "cut"
+    (tmp_path / "cut-symbol.json").write_bytes(open(prefix + "-symbol.json", "rb").read())
+    data = open(prefix + "-0001.params", "rb").read()
+    (tmp_path / "cut-0001.params").write_bytes(data[:len(data) // 2])
+    proc = tool("verify", "--model", f"{cut},1", "--bin", evil, "--no-progress")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "cut-0001.params" in lines[0] and "Invalid NDArray file format" in lines[0], lines[0]
 
 
 def test_embed_folder_and_rec(model, tmp_path, sample_rec, sample_train_src):

@@ -14,6 +14,8 @@ import numpy as np
 
 import mxnet as mx
 
+from ..data.record import error_line
+
 FLIP_MODES = ("sum", "concat", "none")
 
 
@@ -128,7 +130,6 @@ def load_exported_model(spec, ctx=None):
             warnings.simplefilter("ignore")
             net = mx.gluon.SymbolBlock.imports(symbol, ["data"], params, ctx=ctx)
     except Exception as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{symbol}: cannot load with {params} ({message})") from None
+        raise ModelError(f"{symbol}: cannot load with {params} ({error_line(err)})") from None
     net.hybridize(static_alloc=True, static_shape=False)
     return net, epoch
