@@ -258,3 +258,20 @@ def test_parameters_and_contract():
 def test_bad_configuration(name, params, message):
     with pytest.raises(ValueError, match=message):
         get_sharded_loss(name, C, D, **params)
+
+
+def test_checkpoint_blocks_read_back_across_files_and_a_damaged_one_is_named(tmp_path):
+    """Resharding reads a checkpoint's classifier blocks (one file per saving rank) by row range: rows
+    spanning two files come back as written; a damaged file is named with MXNet's failed check."""
+    from recognition.engine.checkpoint import BLOCK_FILE
+    from recognition.engine.shards import _BlockReader
+    weight = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    ranges = [(0, 4), (4, 7)]
+    for k, (first, last) in enumerate(ranges):
+        mx.nd.save(str(tmp_path / BLOCK_FILE.format(k)), {"weight": mx.nd.array(weight[first:last])})
+    np.testing.assert_array_equal(_BlockReader(str(tmp_path), ranges).rows(2, 6)["weight"].asnumpy(), weight[2:6])
+    damaged = tmp_path / BLOCK_FILE.format(1)
+    damaged.write_bytes(damaged.read_bytes()[:20])
+    with pytest.raises(ValueError) as err:
+        _BlockReader(str(tmp_path), ranges).rows(2, 6)
+    assert str(damaged) in str(err.value) and "Invalid NDArray file format" in str(err.value), err.value

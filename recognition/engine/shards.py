@@ -26,6 +26,7 @@ import mxnet as mx
 from recognition.losses.sharded import shard_range
 
 from .. import distributed as dist
+from ..data.record import error_line
 from .checkpoint import BLOCK_FILE
 
 CHUNK_BYTES = 64 << 20
@@ -193,7 +194,7 @@ class _BlockReader:
             try:
                 arrays = mx.nd.load(path)
             except Exception as err:  # MXNetError for a missing or damaged file
-                raise ValueError(f"{path}: cannot be loaded ({str(err).strip().splitlines()[0][:200]})") from None
+                raise ValueError(f"{path}: cannot be loaded ({error_line(err)[:200]})") from None
             rows = self.ranges[k][1] - self.ranges[k][0]
             if not isinstance(arrays, dict) or "weight" not in arrays or \
                     any(v.shape[0] != rows for v in arrays.values()):
