@@ -45,6 +45,22 @@ def load(path):
         return json.load(f)
 
 
+# what decides the held-out people and pairs of a split (common.prepare_split); the training people may differ
+HELD_OUT_KEYS = ("data", "fallback_to_sample", "heldout_people", "pairs", "split_seed")
+
+
+def check_same_held_out(records, paths):
+    """Members are scored on the first one's pairs: a member drawn from another split may have trained
+    on those people, so refuse it instead of scoring a leak."""
+    first = {key: records[0]["split"].get(key) for key in HELD_OUT_KEYS}
+    for path, record in zip(paths[1:], records[1:]):
+        other = {key: record["split"].get(key) for key in HELD_OUT_KEYS}
+        if other != first:
+            differ = ", ".join(f"{key} {other[key]!r} (first member: {first[key]!r})" for key in HELD_OUT_KEYS
+                               if other[key] != first[key])
+            raise SystemExit(f"ensemble: {path}: held out other people than {paths[0]}: {differ}")
+
+
 def groups(count):
     """Disjoint groups of consecutive members, of every size from 1 to ``count``."""
     return [list(range(start, start + size)) for size in range(1, count + 1)
@@ -140,8 +156,10 @@ def summarise(results, baselines):
 def main(argv=None):
     args = parse_args(argv)
     common.set_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
     records = [load(path) for path in args.members]
+    if records:
+        check_same_held_out(records, args.members)
+    os.makedirs(args.out, exist_ok=True)
     for members in [] if args.render else groups(len(records)):
         name = "+".join(suite.kept_run(records[m], args.work_dir)[0] for m in members)
         common.write_part(os.path.join(args.out, name + ".json"), lambda: score_group(members, records, args))

@@ -29,13 +29,17 @@ def runs(tmp_path_factory):
     return root / "work", [folder / f"baseline_seed{seed}.json" for seed in (0, 1)]
 
 
+def altered(record_file, tmp_path, change):
+    record = json.loads(record_file.read_text())
+    change(record)
+    path = tmp_path / record_file.name
+    path.write_text(json.dumps(record))
+    return path
+
+
 def as_another_runs(record_file, tmp_path):
     """The record, altered as if another model had scored it (0.2 more accuracy)."""
-    record = json.loads(record_file.read_text())
-    record["final"]["accuracy"] += 0.2
-    altered = tmp_path / record_file.name
-    altered.write_text(json.dumps(record))
-    return altered
+    return altered(record_file, tmp_path, lambda record: record["final"].update(accuracy=record["final"]["accuracy"] + 0.2))
 
 
 def test_whitening_none_is_verify_and_another_runs_model_is_refused(runs, tmp_path):
@@ -82,3 +86,8 @@ def test_ensemble_scores_members_and_their_combination_as_verify_does(runs, tmp_
     refused = bench("ensemble", as_another_runs(records[0], tmp_path), records[1], "--out", tmp_path / "other",
                     "--work-dir", work)
     assert refused.returncode != 0 and "another run's model" in refused.stderr.strip().splitlines()[-1]
+    other_split = altered(records[1], tmp_path, lambda record: record["split"].update(split_seed=1))
+    refused = bench("ensemble", records[0], other_split, "--out", tmp_path / "split", "--work-dir", work)
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode != 0 and "held out other people" in last and "split_seed 1 (first member: 0)" in last
+    assert not (tmp_path / "split").exists() or not os.listdir(tmp_path / "split")
