@@ -45,18 +45,15 @@ def load(path):
         return json.load(f)
 
 
-# what decides the held-out people and pairs of a split (common.prepare_split); the training people may differ
-HELD_OUT_KEYS = ("data", "fallback_to_sample", "heldout_people", "pairs", "split_seed")
-
-
 def check_same_held_out(records, paths):
     """Members are scored on the first one's pairs: a member drawn from another split may have trained
     on those people, so refuse it instead of scoring a leak."""
-    first = {key: records[0]["split"].get(key) for key in HELD_OUT_KEYS}
+    keys = suite.HELD_OUT_KEYS
+    first = {key: records[0]["split"].get(key) for key in keys}
     for path, record in zip(paths[1:], records[1:]):
-        other = {key: record["split"].get(key) for key in HELD_OUT_KEYS}
+        other = {key: record["split"].get(key) for key in keys}
         if other != first:
-            differ = ", ".join(f"{key} {other[key]!r} (first member: {first[key]!r})" for key in HELD_OUT_KEYS
+            differ = ", ".join(f"{key} {other[key]!r} (first member: {first[key]!r})" for key in keys
                                if other[key] != first[key])
             raise SystemExit(f"ensemble: {path}: held out other people than {paths[0]}: {differ}")
 
